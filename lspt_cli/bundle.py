@@ -184,6 +184,7 @@ def make_metadata(
     data_config: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     created_at: str | None = None,
+    protocol: str | None = None,
 ) -> dict[str, str]:
     """Build the str -> str metadata of DESIGN.md section 8."""
     from . import __version__
@@ -206,6 +207,8 @@ def make_metadata(
         "lspt.metrics": metrics or {},
         "lspt.created_at": created,
     }
+    if protocol is not None:  # the training protocol (`paper` | `lspt`, README "Protocol")
+        md["lspt.protocol"] = protocol
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in md.items()}
 
 

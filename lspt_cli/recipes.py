@@ -18,7 +18,8 @@ A recipe file:
     lr = [0.05, 0.1, 0.25]
 
 Resolution order (highest first): CLI flags > `--recipe FILE` > the best-matching registered
-recipe for (strategy, backbone, benchmark) > TrainConfig defaults.
+recipe for (strategy, backbone, benchmark) > the protocol's defaults (PROTOCOL_DEFAULTS, for the
+`protocol` those layers name; `paper` if none does) > TrainConfig defaults.
 """
 
 from __future__ import annotations
@@ -37,10 +38,20 @@ RECIPE_KEYS = {"description", "match", "train", "strategy", "tasks", "grid"}
 MATCH_KEYS = {"strategy", "backbone", "benchmark", "task"}
 
 
+PROTOCOLS = ("paper", "lspt")
+# The knobs a protocol sets when no recipe and no flag gives them (README "Protocol"): `paper` is
+# what the official VPT/GaPT code does, `lspt` is lspt's own training improvements.
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "paper": {"grad_clip": 0.0, "amp": "off"},
+    "lspt": {"grad_clip": 1.0, "amp": "auto"},
+}
+
+
 @dataclass
 class TrainConfig:
-    """Every training knob of `lspt tune`, with the papers' defaults (DESIGN.md section 7)."""
+    """Every training knob of `lspt tune`; the defaults are the `paper` protocol's (DESIGN.md section 7)."""
 
+    protocol: str = "paper"  # "paper" | "lspt": sets the defaults of PROTOCOL_DEFAULTS' keys
     epochs: int = 100
     warmup_epochs: int = 10
     batch_size: int = 64
@@ -48,8 +59,8 @@ class TrainConfig:
     lr: float = 0.1
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    amp: str = "auto"  # "auto" (bf16 on GPU) | "bf16" | "off"
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
+    amp: str = "off"  # "auto" (bf16 on GPU) | "bf16" | "off"
     seed: int = 42
     num_workers: int = 0
     eval_batch_size: int = 0  # 0 = same as batch_size
@@ -69,6 +80,8 @@ class TrainConfig:
             raise ConfigError(f"{where}: weight_decay and grad_clip must be >= 0 and momentum in [0, 1)")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"{where}: 'optimizer' must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"{where}: 'protocol' must be 'paper' or 'lspt', got {self.protocol!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ConfigError(f"{where}: 'amp' must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         return self
@@ -197,14 +210,21 @@ class ResolvedConfig:
     recipes: list[str] = field(default_factory=list)
     grid: dict[str, list] = field(default_factory=dict)
 
+    @property
+    def protocol(self) -> str:
+        return self.train.protocol
+
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return d
+        return {"protocol": self.protocol, **dataclasses.asdict(self)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ResolvedConfig":
         d = dict(d)
-        d["train"] = TrainConfig(**coerce_train_values(d.get("train", {}), "config"))
+        d.pop("protocol", None)  # a copy of train.protocol
+        train = coerce_train_values(d.get("train", {}), "config")
+        # a run from before `protocol` existed trained under what is now the `lspt` protocol
+        protocol = train.setdefault("protocol", "lspt")
+        d["train"] = TrainConfig(**{**PROTOCOL_DEFAULTS.get(protocol, {}), **train})
         return cls(**d)
 
 
@@ -240,7 +260,10 @@ def resolve_config(
         used.append(str(recipe_file))
     train.update(coerce_train_values(train_overrides or {}, "command line"))
     strat.update(strategy_overrides or {})
-    config = TrainConfig(**train).validate()
+    protocol = train.get("protocol", TrainConfig.protocol)
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"'protocol' must be 'paper' or 'lspt', got {protocol!r}")
+    config = TrainConfig(**{**PROTOCOL_DEFAULTS[protocol], **train}).validate()  # explicit values win
     return ResolvedConfig(
         backbone=backbone, strategy=strategy, task=task, benchmark=benchmark, weights=weights,
         train=config, strategy_config=strat, final=final, recipes=used, grid=grid,

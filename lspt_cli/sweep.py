@@ -50,6 +50,7 @@ DEFAULT_SEEDS = (42, 44, 82, 100, 800)  # DESIGN.md section 7
 GRID_ALIASES = {"wd": "weight_decay", "weight-decay": "weight_decay"}
 # TrainConfig keys `lspt tune` has a flag for (a grid over them must be expressible as a command).
 TRAIN_FLAGS = {
+    "protocol": "--protocol",
     "epochs": "--epochs",
     "warmup_epochs": "--warmup-epochs",
     "batch_size": "--batch-size",

@@ -40,6 +40,7 @@ def register(app: typer.Typer) -> None:
         finals: bool = typer.Option(True, "--finals/--no-finals", help="Run the selected point on train+val with every seed."),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file."),
         recipe: Optional[Path] = typer.Option(None, "--recipe", help="A TOML recipe overriding the built-in one."),
+        protocol: Optional[str] = typer.Option(None, "--protocol", help="paper (default) or lspt, for every trial (README \"Protocol\")."),
         epochs: Optional[int] = typer.Option(None, "--epochs"),
         warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size"),
@@ -74,7 +75,7 @@ def register(app: typer.Typer) -> None:
                              f"{', '.join(sorted(spec_strategy.defaults)) or '(none)'}")
         overrides = {
             k: v for k, v in dict(
-                epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                 optimizer=optimizer, grad_clip=grad_clip, amp=amp, num_workers=num_workers, device=device,
                 threads=threads,
             ).items() if v is not None

@@ -100,6 +100,7 @@ def register(app: typer.Typer) -> None:
         strategy: str = typer.Option("lspt", "--strategy", "-s", help="Prompt strategy.", autocompletion=complete_from("strategy")),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file (.safetensors/.pth/.pth.tar)."),
         recipe: Optional[Path] = typer.Option(None, "--recipe", help="A TOML recipe overriding the built-in one."),
+        protocol: Optional[str] = typer.Option(None, "--protocol", help="paper (the official VPT/GaPT training, the default) or lspt (lspt's improvements); see README \"Protocol\". Each item's own flag still wins."),
         epochs: Optional[int] = typer.Option(None, "--epochs"),
         warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size"),
@@ -139,7 +140,7 @@ def register(app: typer.Typer) -> None:
             host.strategies.get(strategy)
             overrides = {
                 k: v for k, v in dict(
-                    epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr,
+                    protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr,
                     weight_decay=weight_decay, optimizer=optimizer, grad_clip=grad_clip, amp=amp,
                     seed=seed, num_workers=num_workers, device=device, threads=threads,
                 ).items() if v is not None

@@ -220,6 +220,7 @@ class Trainer:
             "strategy": {"name": self.config.strategy, "config": strategy.config()},
             "task": {"name": self.config.task, "classes": list(self.manifest.classes), "benchmark": self.manifest.benchmark},
             "data_config": dict(data_cfg),
+            "protocol": cfg.protocol,
         }
 
     def loader(self, split: str, train: bool, order: list[int] | None = None, epoch: int = 0):
@@ -433,11 +434,13 @@ class Trainer:
             "test_n": test["n"],
             "seed": self.cfg.seed,
         }
+        cfg = self.cfg
         summary = {
             "run_dir": str(self.run_dir),
             "task": self.config.task,
             "backbone": self.config.backbone,
             "strategy": self.config.strategy,
+            "protocol": cfg.protocol,
             "final": self.config.final,
             "params": self.params,
             **metrics,
