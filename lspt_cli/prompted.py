@@ -71,6 +71,22 @@ class PromptStrategy(nn.Module):
         return x[:, self.prefix + self.num_prompts :]
 
 
+def checked_state(strategy: PromptStrategy, state: Any) -> dict[str, Any]:
+    """`start` returns per-forward state (a dict), never tokens: a returned tensor would be dropped
+    silently and its parameters never trained, so anything but a dict is a PluginError."""
+    if isinstance(state, dict):
+        return state
+    from .errors import PluginError
+
+    kind = type(strategy)
+    raise PluginError(
+        f"strategy {kind.__module__}.{kind.__qualname__}: start() returned {type(state).__name__}, not a dict "
+        "of per-forward state",
+        hint="start(x) must return a dict (e.g. {} or {'prompts': p}); change tokens in before_block/after_block "
+        "(docs/plugins.md, 'The lifecycle of one forward')",
+    )
+
+
 def vpt_uniform_bound(dims: BackboneDims) -> float:
     """VPT's prompt init range: U(-v, v), v = sqrt(6 / (3 * patch * patch + D)) (Xavier on patches)."""
     return math.sqrt(6.0 / float(3 * dims.patch_size * dims.patch_size + dims.embed_dim))
@@ -91,7 +107,7 @@ class PromptedViT(nn.Module):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         backbone, strategy = self.backbone, self.strategy
         x = backbone.embed(images)
-        state = strategy.start(x)
+        state = checked_state(strategy, strategy.start(x))
         backbone.set_q_scales(strategy.attention_scales())
         try:
             for index, block in enumerate(backbone.blocks):
@@ -178,7 +194,7 @@ def forward_shared(models: list[PromptedViT], images: torch.Tensor) -> list[torc
         raise ValueError("forward_shared needs models that share one backbone object")
     batch = images.shape[0]
     embedded = backbone.embed(images)
-    states = [m.strategy.start(embedded) for m in models]
+    states = [checked_state(m.strategy, m.strategy.start(embedded)) for m in models]
     xs = [embedded for _ in models]
     scales_per_model = [m.strategy.attention_scales() for m in models]
     ones = embedded.new_ones(())

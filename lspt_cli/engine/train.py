@@ -29,6 +29,7 @@ from ..rundir import BEST_NAME, BUNDLE_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .distributed import DistContext
 from .evaluate import autocast, evaluate
+from .grad_watch import GradWatch, warn_dead
 
 
 
@@ -354,6 +355,7 @@ class Trainer:
         seen = running.get("seen", 0)
         train_seconds = running.get("seconds", 0.0)
         params = self.model.trainable_parameters()
+        watch = GradWatch(self.model) if epoch == 0 and position == 0 else None  # first epoch, watched whole
         bar = self.progress_factory(epoch, cfg.epochs, len(remaining)) if self.progress_factory else None
         tick = time.time()
         step_in_epoch = position
@@ -378,6 +380,8 @@ class Trainer:
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if watch is not None:
+                    watch.observe()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 self.optimizer.step()
@@ -395,6 +399,9 @@ class Trainer:
         if self._interrupt:  # Ctrl-C after the last batch: checkpoint the finished epoch
             raise self._interrupted(epoch, step_in_epoch, running_state(loss_sum, correct, seen, train_seconds + time.time() - tick))
         seconds = train_seconds + time.time() - tick
+        dead = {} if watch is None else {"dead_tensors": watch.dead()}  # README: "Tensors that never learn"
+        if dead.get("dead_tensors") and self.dist.is_main:
+            warn_dead(dead["dead_tensors"], watch.steps, "epoch 1")
         totals = self.dist.all_reduce_sum([loss_sum, correct, seen], self.device)
         loss_sum, correct, seen = totals[0], totals[1], max(totals[2], 1)
         return {
@@ -404,6 +411,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": seen / max(seconds, 1e-9),
             "seconds": seconds,
+            **dead,
         }
 
     def _interrupted(self, epoch: int, position: int, running: dict) -> Interrupted:
@@ -447,6 +455,7 @@ class Trainer:
             "epochs": self.cfg.epochs,
             "seconds": sum(r.get("seconds", 0.0) for r in records) or seconds,
             "images_per_s": records[-1]["images_per_s"] if records else None,
+            **({"dead_tensors": records[0]["dead_tensors"]} if records and records[0].get("dead_tensors") else {}),
         }
         if self.dist.is_main:
             meta = bundle.make_metadata(metrics=metrics, **self.state_meta)
