@@ -4,14 +4,26 @@ Built-in plugins (distribution "lspt") and third-party ones load through the sam
 group "lspt". Each entry point loads in its own try/except; a broken plugin becomes a warning on
 stderr and a row in `lspt plugins`, unless `LSPT_STRICT_PLUGINS=1`. `LSPT_LOAD_PLUGINS=a,b`
 (empty = none) selects which external plugins (by entry-point or distribution name) load.
+
+Isolation (README "Guarantees"): plugin code runs under guards that also catch `SystemExit`
+(a plugin's `sys.exit()` is a plugin failure, never the end of the CLI; Ctrl-C still stops lspt),
+with stdout routed to stderr (a `print` in a plugin cannot corrupt `--json`). A command named like a
+built-in (or an earlier plugin's) is refused with a warning. Specs are checked when registered (a
+malformed one skips the plugin). An event hook (`lspt_on_epoch_end`, ...) that raises or exits
+prints one warning naming the plugin and its hooks are switched off for the rest of the process:
+the run goes on and writes its files as usual (`LSPT_STRICT_PLUGINS=1` stops it instead).
+Exceptions that escape plugin code elsewhere are named after the plugin by the CLI's error boundary
+(`plugin_of_traceback`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import os
 import sys
+from types import ModuleType, TracebackType
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Generic, Iterable, TypeVar
@@ -20,6 +32,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, UsageError
+from .messages import one_line, shorten_list
 from .specs import KIND_OF_SPEC, BackboneSpec, DatasetSpec, RecipeSpec, StrategySpec
 
 BUILTIN_DIST = "lspt"
@@ -38,6 +51,11 @@ class PluginRecord:
     builtin: bool = False
     error: str | None = None
     components: dict[str, list[str]] = field(default_factory=dict)
+    module: str = ""  # the plugin's package (entry points) or module; code under it is the plugin's
+
+    @property
+    def label(self) -> str:
+        return f"'{self.name}'" + (f" ({self.dist} {self.version})" if self.dist else "")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +86,9 @@ class Registry(Generic[S]):
         name = getattr(spec, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin '{plugin}' registered a {self.kind} without a name")
+        problem = spec_problem(spec)
+        if problem:
+            raise PluginError(f"plugin '{plugin}' registered {self.kind} '{name}' with {problem}")
         if name in self._specs:
             raise PluginError(
                 f"{self.kind} '{name}' is registered twice: by plugin '{self._provider[name]}' "
@@ -88,8 +109,7 @@ class Registry(Generic[S]):
         available = sorted(self._specs)
         close = difflib.get_close_matches(name, available, n=3)
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else None
-        shown = ", ".join(available) if len(available) <= 30 else ", ".join(available[:30]) + ", ..."
-        raise UsageError(f"unknown {self.kind} '{name}'; available: {shown}", hint=hint)
+        raise UsageError(f"unknown {self.kind} '{name}'; available: {shorten_list(available, 30)}", hint=hint)
 
     def provider(self, name: str) -> str:
         return self._provider[name]
@@ -130,6 +150,7 @@ class PluginHost:
         self.datasets: Registry[DatasetSpec] = Registry("dataset", DatasetSpec)
         self.recipes: Registry[RecipeSpec] = Registry("recipe", RecipeSpec)
         self.warnings: list[str] = []
+        self.muted: set[str] = set()  # plugins whose event hooks failed once
 
     # -- loading ---------------------------------------------------------------------------
     def registry(self, kind: str) -> Registry:
@@ -155,11 +176,15 @@ class PluginHost:
                 dist=dist,
                 version=ep.dist.version if ep.dist else "",
                 builtin=builtin,
+                module=str(getattr(ep, "value", "")).split(":")[0].strip().split(".")[0],
             )
             try:
-                module = ep.load()
-            except Exception as exc:  # a broken plugin must never take the CLI down
-                self._fail(record, f"import failed: {type(exc).__name__}: {exc}")
+                with plugin_code():
+                    module = ep.load()
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a broken plugin (even one calling sys.exit) never takes the CLI down
+                self._fail(record, f"import failed: {describe(exc)}")
                 continue
             self.add_plugin(module, record)
 
@@ -167,6 +192,8 @@ class PluginHost:
         """Register a plugin object (module or instance) and collect its components."""
         if isinstance(record, str):
             record = PluginRecord(name=record)
+        if not record.module:
+            record.module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
         try:
             self.pm.register(plugin, name=record.name)
         except Exception as exc:
@@ -190,10 +217,13 @@ class PluginHost:
                 _registered.append(spec.name)
 
             try:
-                hook(register=register)
-            except Exception as exc:
+                with plugin_code():
+                    hook(register=register)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
                 self.registry(kind).remove_provider(record.name)
-                self._fail(record, f"{hook_name} failed: {exc}", registered=True)
+                self._fail(record, f"{hook_name} failed: {describe(exc)}", registered=True)
                 continue
             if registered:
                 record.components[kind] = registered
@@ -208,25 +238,162 @@ class PluginHost:
             self.pm.unregister(plugin)
         self.records.pop(name, None)
 
-    def _fail(self, record: PluginRecord, message: str, registered: bool = False) -> None:
+    def _fail(self, record: PluginRecord, message: str, registered: bool = False, outcome: str = "was skipped") -> None:
         record.error = message if record.error is None else f"{record.error}; {message}"
         self.records[record.name] = record
-        text = f"plugin '{record.name}'" + (f" ({record.dist} {record.version})" if record.dist else "")
-        if os.environ.get("LSPT_STRICT_PLUGINS", "") not in ("", "0"):
-            raise PluginError(f"{text}: {message}", hint="unset LSPT_STRICT_PLUGINS to skip broken plugins")
-        warning = f"Warning: {text} was skipped: {message}"
+        if _strict():
+            raise PluginError(f"plugin {record.label}: {message}", hint="unset LSPT_STRICT_PLUGINS to skip broken plugins")
+        warning = f"Warning: {one_line(f'plugin {record.label} {outcome}: {message}')}"
         self.warnings.append(warning)
         print(warning, file=sys.stderr)
 
+    def record_of(self, plugin_name: str) -> PluginRecord:
+        return self.records.get(plugin_name) or PluginRecord(name=plugin_name)
+
+    # -- commands --------------------------------------------------------------------------
+    def register_commands(self, app, reserved: Iterable[str] = ()) -> None:
+        """Let each plugin add Typer commands; a name already taken (a built-in such as `tune`, or
+        an earlier plugin's command) is refused with a warning naming the plugin."""
+        taken = set(reserved)
+        for impl in getattr(self.pm.hook, "lspt_register_commands").get_hookimpls():
+            record = self.record_of(impl.plugin_name)
+            n_commands, n_groups = len(app.registered_commands), len(app.registered_groups)
+            try:
+                with plugin_code():
+                    impl.function(app=app)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                del app.registered_commands[n_commands:], app.registered_groups[n_groups:]
+                self._fail(record, f"lspt_register_commands failed: {describe(exc)}", outcome="added no commands")
+                continue
+            for registered, name_of in ((app.registered_commands, _command_name), (app.registered_groups, _group_name)):
+                start = n_commands if registered is app.registered_commands else n_groups
+                kept = []
+                for info in registered[start:]:
+                    name = name_of(info)
+                    if name in taken:
+                        owner = "a built-in command" if name in reserved else "already taken by another plugin"
+                        self._fail(record, f"command '{name}' is {owner}", outcome="could not add a command")
+                        continue
+                    taken.add(name)
+                    kept.append(info)
+                registered[start:] = kept
+
     # -- events ----------------------------------------------------------------------------
     def emit(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an event hook on every plugin; a tracker that raises only warns."""
+        """Call an event hook on every plugin. One that raises (or calls sys.exit) is a failure of
+        that plugin: one warning, and its event hooks stay off for the rest of the process."""
         hook = getattr(self.pm.hook, hook_name)
         for impl in hook.get_hookimpls():
+            if impl.plugin_name in self.muted:
+                continue
             try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as exc:
-                print(f"Warning: plugin '{impl.plugin_name}' {hook_name} failed: {exc}", file=sys.stderr)
+                with plugin_code():
+                    impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                self.muted.add(impl.plugin_name)
+                self._fail(self.record_of(impl.plugin_name), f"{hook_name} failed: {describe(exc)}",
+                           outcome="is switched off for the rest of this run")
+
+    def owner_of_module(self, module_name: str) -> PluginRecord | None:
+        """The external plugin whose code lives in `module_name` (None: lspt's own or a library)."""
+        for record in self.records.values():
+            prefix = record.module
+            if not record.builtin and prefix and (module_name == prefix or module_name.startswith(prefix + ".")):
+                return record
+        return None
+
+    def provider_of_factory(self, factory: object) -> PluginRecord | None:
+        """The plugin that registered a spec with this factory (or `prepare`), if any."""
+        for kind in _REGISTER_HOOKS:
+            registry = self.registry(kind)
+            for spec in registry:
+                if factory in (getattr(spec, "factory", None), getattr(spec, "prepare", None)):
+                    return self.record_of(registry.provider(spec.name))
+        return None
+
+
+@contextlib.contextmanager
+def plugin_code():
+    """Run plugin code with its stdout routed to stderr: a `print` must not corrupt `--json`."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception from plugin code, `sys.exit(3)` included."""
+    from .errors import LsptError
+
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    if isinstance(exc, LsptError):
+        return one_line(exc.message)
+    return one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def plugin_of_traceback(tb: TracebackType | None) -> str | None:
+    """The label of the external plugin whose code raised (innermost plugin frame), or None."""
+    if _host is None:
+        return None
+    modules = []
+    while tb is not None:
+        modules.append(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    for module in reversed(modules):
+        record = _host.owner_of_module(module)
+        if record is not None:
+            return record.label
+    return None
+
+
+def spec_problem(spec: object) -> str | None:
+    """What is malformed in a registered spec (wrong field types), or None."""
+    from .specs import BackboneSpec, DatasetSpec, RecipeSpec, StrategySpec
+
+    def factory_ok(value: object) -> bool:
+        return callable(value) or (isinstance(value, str) and ":" in value and value.partition(":")[0] != "")
+
+    if not isinstance(getattr(spec, "description", ""), str):
+        return "a description that is not a string"
+    if isinstance(spec, (BackboneSpec, StrategySpec)) and not factory_ok(spec.factory):
+        return f"factory {spec.factory!r}; expected a callable or 'package.module:attribute'"
+    if isinstance(spec, BackboneSpec):
+        for key in ("embed_dim", "depth", "num_prefix_tokens"):
+            value = getattr(spec, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "num_prefix_tokens" else 1):
+                return f"{key}={value!r}; expected a positive integer"
+        if spec.readout not in ("cls", "mean"):
+            return f"readout={spec.readout!r}; expected 'cls' or 'mean'"
+    if isinstance(spec, StrategySpec):
+        if not isinstance(spec.defaults, dict) or not all(isinstance(k, str) for k in spec.defaults):
+            return f"defaults of type {type(spec.defaults).__name__}; expected a dict of option name -> value"
+        if spec.count_params is not None and not callable(spec.count_params):
+            return "count_params that is not callable"
+    if isinstance(spec, DatasetSpec):
+        if not factory_ok(spec.prepare):
+            return f"prepare {spec.prepare!r}; expected a callable or 'package.module:attribute'"
+        if not isinstance(spec.benchmark, str) or not isinstance(spec.needs_root, bool):
+            return "benchmark/needs_root of the wrong type (expected str and bool)"
+    if isinstance(spec, RecipeSpec) and not isinstance(spec.values, dict):
+        return f"values of type {type(spec.values).__name__}; expected the parsed TOML table (a dict)"
+    return None
+
+
+def _command_name(info) -> str:
+    from typer.main import get_command_name
+
+    return info.name or get_command_name(info.callback.__name__)
+
+
+def _group_name(info) -> str:
+    return info.name or getattr(getattr(info.typer_instance, "info", None), "name", None) or ""
+
+
+def _strict() -> bool:
+    return os.environ.get("LSPT_STRICT_PLUGINS", "") not in ("", "0")
 
 
 def _selected_external_plugins() -> set[str] | None:

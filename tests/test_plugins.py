@@ -144,7 +144,7 @@ def test_register_hook_raising_is_reported():
 
     host = PluginHost()
     record = host.add_plugin(Raises(), "raises")
-    assert "lspt_register_strategies failed: oops" in record.error
+    assert "lspt_register_strategies failed: ValueError: oops" in record.error
     assert "half" not in host.strategies  # partial registrations are rolled back
 
 

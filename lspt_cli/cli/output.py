@@ -1,23 +1,102 @@
-"""Shared CLI plumbing: stdout for results only, stderr for everything else (DESIGN.md section 9)."""
+"""Shared CLI plumbing: stdout for results only, stderr for everything else (DESIGN.md section 9).
+
+Every command prints through these helpers: `safe()` for any string that came from a file
+(markup escaped, control characters shown as escapes), `print_json()` for strict JSON (NaN and
+±Infinity become null), `error_line()`/`warning_line()` for the one-line messages on stderr.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.markup import escape
+from rich.text import Text
+
+from ..messages import one_line, printable
+
+MIN_WIDTH, MAX_WIDTH = 40, 4096  # COLUMNS=0 (or 10**9) must not make output vanish (or explode)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `cat big | head -1`
+
+
+def silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush cannot fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class _Console(Console):
+    """A rich Console whose width stays sane whatever COLUMNS or the terminal says."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        width, height = Console.size.fget(self)
+        return ConsoleDimensions(min(max(width, MIN_WIDTH), MAX_WIDTH), max(height, 1))
+
+    @size.setter
+    def size(self, new_size) -> None:
+        Console.size.fset(self, new_size)
+
+    def on_broken_pipe(self) -> None:
+        """The reader of stdout went away (`lspt list | head -0`): exit quietly with 141."""
+        if self.stderr:
+            return  # nobody reads our messages; carry on
+        silence_stdout()
+        raise SystemExit(EXIT_BROKEN_PIPE)
+
 
 # Results go to stdout; progress, logs and hints to stderr.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
+out = _Console(highlight=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
+
+
+def safe(text: object) -> str:
+    """A string from a file (class name, bundle metadata, label), ready for rich markup:
+    "[red]" stays literal text and ANSI escapes / carriage returns are shown, never obeyed."""
+    return escape(printable(text))
+
+
+def strict(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, ±Infinity) replaced by None, the documented mapping
+    that keeps `--json` output strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON (RFC 8259): NaN/±Infinity -> null, unknown types -> str."""
+    return json.dumps(strict(obj), indent=indent, default=str, allow_nan=False)
 
 
 def print_json(obj: Any) -> None:
-    """One JSON document on stdout (never through rich, so it is always valid JSON)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """One strict JSON document on stdout (never through rich, so it is always valid JSON)."""
+    sys.stdout.write(json_text(obj) + "\n")
     sys.stdout.flush()
+
+
+def error_line(message: object, hint: object | None = None) -> None:
+    """`Error: <message>` as one printable line on stderr, then `Hint: <hint>` if given."""
+    err.print(Text.assemble(("Error:", "bold red"), " ", one_line(message)), soft_wrap=True)
+    if hint:
+        err.print(Text(f"Hint: {one_line(hint)}"), soft_wrap=True)
+
+
+def warning_line(message: object) -> None:
+    """`Warning: <message>` as one printable line on stderr."""
+    err.print(Text.assemble(("Warning:", "yellow"), " ", one_line(message)), soft_wrap=True)
 
 
 def progress_enabled(json_mode: bool = False, quiet: bool = False) -> bool:

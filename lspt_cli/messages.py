@@ -1,0 +1,45 @@
+"""Text that reaches a person: one line, bounded lists, no terminal control characters.
+
+Error messages and printed values often carry text lspt did not write (torch's multi-line errors,
+class names from a bundle, 200k tensor names). Three helpers keep that text safe and readable:
+`printable` (control characters shown as escapes), `one_line` (newlines folded, length capped) and
+`shorten_list` ("a, b, c ... and 199,990 more"). Torch-free and cheap: imported by `lspt --help`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+MAX_MESSAGE_CHARS = 1000  # an Error line longer than this is cut (a 2 MB line helps nobody)
+MAX_LIST_ITEMS = 10
+
+# C0/C1 control characters (ESC, CR, BEL, ...) and the bidirectional overrides that reorder text.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: object) -> str:
+    """`text` with every control character replaced by a visible escape ("\\x1b[2J" stays inert)."""
+    return _CONTROL.sub(_escape, str(text))
+
+
+def one_line(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Fold a (multi-line) message into one printable line of at most `limit` characters."""
+    lines = [line.strip() for line in str(text).splitlines()]
+    folded = printable(" ".join(line for line in lines if line))
+    if len(folded) > limit:
+        folded = f"{folded[:limit]}... ({len(folded) - limit:,} more characters)"
+    return folded
+
+
+def shorten_list(items: Iterable[object], limit: int = MAX_LIST_ITEMS, quote: bool = False) -> str:
+    """"a, b, c" for short lists; "a, b, ... and 199,990 more" for long ones (items are printable'd)."""
+    items = list(items)
+    shown = [f"'{printable(i)}'" if quote else printable(i) for i in items[:limit]]
+    rest = len(items) - len(shown)
+    return ", ".join(shown) + (f" ... and {rest:,} more" if rest > 0 else "")
