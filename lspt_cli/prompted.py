@@ -92,17 +92,34 @@ def vpt_uniform_bound(dims: BackboneDims) -> float:
     return math.sqrt(6.0 / float(3 * dims.patch_size * dims.patch_size + dims.embed_dim))
 
 
+def init_head(head: nn.Linear, kind: str) -> None:
+    """The linear head's initial weights (TrainConfig.head_init).
+
+    "kaiming": VPT's and GaPT's: kaiming_normal_(fan_out) weight and the constant bias
+        -log((1 - 0.01) / 0.01) of `special_bias=True` (vpt src/models/mlp.py:52-57, the head built
+        with special_bias=True in src/models/vit_models.py). The bias is the same for every class, so
+        it does not change the softmax; it is kept to be exact.
+    "normal": lspt's choice: N(0, 0.01^2) weight, zero bias, so the logits start near uniform.
+    """
+    if kind == "kaiming":
+        nn.init.kaiming_normal_(head.weight, a=0, mode="fan_out")
+        nn.init.constant_(head.bias, -math.log((1 - 0.01) / 0.01))
+    elif kind == "normal":
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+    else:
+        raise ValueError(f"unknown head_init {kind!r}")
+
+
 class PromptedViT(nn.Module):
     """Frozen backbone + trainable strategy + trainable head. `forward(images) -> logits`."""
 
-    def __init__(self, backbone: FrozenBackbone, strategy: PromptStrategy, num_classes: int):
+    def __init__(self, backbone: FrozenBackbone, strategy: PromptStrategy, num_classes: int, head_init: str = "normal"):
         super().__init__()
         self.backbone = backbone
         self.strategy = strategy
         self.head = nn.Linear(backbone.dims.embed_dim, num_classes)
-        # Small normal weights and zero bias: logits start near uniform (timm/VPT practice).
-        nn.init.normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
+        init_head(self.head, head_init)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         backbone, strategy = self.backbone, self.strategy

@@ -42,9 +42,23 @@ PROTOCOLS = ("paper", "lspt")
 # The knobs a protocol sets when no recipe and no flag gives them (README "Protocol"): `paper` is
 # what the official VPT/GaPT code does, `lspt` is lspt's own training improvements.
 PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "paper": {"grad_clip": 0.0, "amp": "off"},
-    "lspt": {"grad_clip": 1.0, "amp": "auto"},
+    "paper": {"grad_clip": 0.0, "amp": "off", "schedule": "per-epoch", "head_init": "kaiming", "ddp_batch": "split"},
+    "lspt": {"grad_clip": 1.0, "amp": "auto", "schedule": "per-step", "head_init": "normal", "ddp_batch": "per-rank"},
 }
+CHOICES = {  # TrainConfig's string keys and their values
+    "protocol": PROTOCOLS,
+    "optimizer": ("sgd", "adamw"),
+    "lr_scaling": ("none", "batch/256"),
+    "amp": ("auto", "bf16", "off"),
+    "schedule": ("per-epoch", "per-step"),
+    "head_init": ("kaiming", "normal"),
+    "ddp_batch": ("split", "per-rank"),
+}
+
+
+def _one_of(allowed) -> str:
+    quoted = [f"'{a}'" for a in allowed]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 @dataclass
@@ -59,8 +73,12 @@ class TrainConfig:
     lr: float = 0.1
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    lr_scaling: str = "none"  # "none" | "batch/256": the lr trained is lr, or lr * batch_size / 256 (VPT's scripts)
     grad_clip: float = 0.0  # max global grad norm; 0 disables
     amp: str = "off"  # "auto" (bf16 on GPU) | "bf16" | "off"
+    schedule: str = "per-epoch"  # "per-epoch" (VPT/GaPT's LambdaLR, stepped once per epoch) | "per-step"
+    head_init: str = "kaiming"  # "kaiming" (VPT/GaPT: kaiming_normal fan_out, bias -log(99)) | "normal" (N(0, 0.01^2), bias 0)
+    ddp_batch: str = "split"  # multi-GPU: "split" batch_size over the ranks (VPT) | "per-rank" batch_size on every rank
     seed: int = 42
     num_workers: int = 0
     eval_batch_size: int = 0  # 0 = same as batch_size
@@ -78,13 +96,15 @@ class TrainConfig:
             raise ConfigError(f"{where}: 'lr' must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.momentum < 1:
             raise ConfigError(f"{where}: weight_decay and grad_clip must be >= 0 and momentum in [0, 1)")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"{where}: 'optimizer' must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"{where}: 'protocol' must be 'paper' or 'lspt', got {self.protocol!r}")
-        if self.amp not in ("auto", "bf16", "off"):
-            raise ConfigError(f"{where}: 'amp' must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{where}: '{name}' must be {_one_of(allowed)}, got {getattr(self, name)!r}")
         return self
+
+    @property
+    def scaled_lr(self) -> float:
+        """The lr the schedule starts from: VPT's tune scripts multiply by batch/256 (tune_fgvc.py:31)."""
+        return self.lr * self.batch_size / 256 if self.lr_scaling == "batch/256" else self.lr
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -262,7 +282,7 @@ def resolve_config(
     strat.update(strategy_overrides or {})
     protocol = train.get("protocol", TrainConfig.protocol)
     if protocol not in PROTOCOLS:
-        raise ConfigError(f"'protocol' must be 'paper' or 'lspt', got {protocol!r}")
+        raise ConfigError(f"'protocol' must be {_one_of(PROTOCOLS)}, got {protocol!r}")
     config = TrainConfig(**{**PROTOCOL_DEFAULTS[protocol], **train}).validate()  # explicit values win
     return ResolvedConfig(
         backbone=backbone, strategy=strategy, task=task, benchmark=benchmark, weights=weights,

@@ -35,6 +35,11 @@ class BackboneSpec:
     embed_dim: int = 768
     depth: int = 12
     num_prefix_tokens: int = 1
+    # The input the weights expect (shown by `lspt list backbones`); None: timm's config of the model.
+    input_size: int | None = 224
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
 
 
 @dataclass(frozen=True)

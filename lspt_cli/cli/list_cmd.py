@@ -34,8 +34,9 @@ def rows_for(kind: str, pattern: str | None = None) -> list[dict]:
         if kind == "strategies":
             row["params_vitb16"] = spec.count_params(VIT_B16, dict(spec.defaults)) if spec.count_params else None
             row["defaults"] = dict(spec.defaults)
-        elif kind == "backbones":
-            row["readout"] = spec.readout
+        elif kind == "backbones":  # None: taken from timm's config of the model when it is built
+            row.update(readout=spec.readout, input_size=spec.input_size, interpolation=spec.interpolation,
+                       mean=list(spec.mean) if spec.mean else None, std=list(spec.std) if spec.std else None)
         elif kind == "datasets":
             row["benchmark"] = spec.benchmark
         elif kind == "recipes":

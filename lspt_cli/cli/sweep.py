@@ -49,6 +49,10 @@ def register(app: typer.Typer) -> None:
         optimizer: Optional[str] = typer.Option(None, "--optimizer"),
         grad_clip: Optional[float] = typer.Option(None, "--grad-clip"),
         amp: Optional[str] = typer.Option(None, "--amp"),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="per-epoch or per-step."),
+        head_init: Optional[str] = typer.Option(None, "--head-init", help="kaiming or normal."),
+        ddp_batch: Optional[str] = typer.Option(None, "--ddp-batch", help="split or per-rank."),
+        lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="none or batch/256."),
         num_workers: Optional[int] = typer.Option(None, "--num-workers"),
         device: Optional[str] = typer.Option(None, "--device"),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per trial (0 = one per core)."),
@@ -77,6 +81,7 @@ def register(app: typer.Typer) -> None:
             k: v for k, v in dict(
                 protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                 optimizer=optimizer, grad_clip=grad_clip, amp=amp, num_workers=num_workers, device=device,
+                schedule=schedule, head_init=head_init, ddp_batch=ddp_batch, lr_scaling=lr_scaling,
                 threads=threads,
             ).items() if v is not None
         }

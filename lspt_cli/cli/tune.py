@@ -109,6 +109,10 @@ def register(app: typer.Typer) -> None:
         optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd or adamw."),
         grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm; 0 disables."),
         amp: Optional[str] = typer.Option(None, "--amp", help="auto (bf16 on GPU), bf16 or off."),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="per-epoch (VPT/GaPT's LambdaLR) or per-step warm-up + cosine."),
+        head_init: Optional[str] = typer.Option(None, "--head-init", help="kaiming (VPT/GaPT) or normal (N(0, 0.01^2))."),
+        ddp_batch: Optional[str] = typer.Option(None, "--ddp-batch", help="Under torchrun: split --batch-size over the ranks, or per-rank."),
+        lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="none, or batch/256 (the lr trained is lr * batch / 256, VPT's convention)."),
         seed: Optional[int] = typer.Option(None, "--seed"),
         num_workers: Optional[int] = typer.Option(None, "--num-workers"),
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
@@ -142,6 +146,7 @@ def register(app: typer.Typer) -> None:
                 k: v for k, v in dict(
                     protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr,
                     weight_decay=weight_decay, optimizer=optimizer, grad_clip=grad_clip, amp=amp,
+                    schedule=schedule, head_init=head_init, ddp_batch=ddp_batch, lr_scaling=lr_scaling,
                     seed=seed, num_workers=num_workers, device=device, threads=threads,
                 ).items() if v is not None
             }

@@ -59,11 +59,38 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up then cosine decay to 0, per optimizer step."""
+    """Schedule `per-step` (lspt's): linear warm-up from 1/W then cosine decay to 0, per optimizer step."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_lr_factor(epoch: int, warmup_epochs: int, epochs: int) -> float:
+    """Schedule `per-epoch` (the papers'): the lr factor of epoch `epoch` (from 0), exactly VPT's and
+    GaPT's WarmupCosineSchedule (src/solver/lr_scheduler.py:56-65 in both), a LambdaLR whose step()
+    runs once after every epoch (src/engine/trainer.py:221): epoch 0 trains at lr 0, epoch e < W at
+    e/W, then cosine over the remaining epochs."""
+    if epoch < warmup_epochs:
+        return float(epoch) / float(max(1.0, warmup_epochs))
+    progress = float(epoch - warmup_epochs) / float(max(1, epochs - warmup_epochs))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+
+def use_bf16(amp: str, device: torch.device) -> bool:
+    """bf16 autocast: `off` (the papers' fp32, protocol paper), `bf16` always, `auto` on CUDA (protocol lspt)."""
+    return amp == "bf16" or (amp == "auto" and device.type == "cuda")
+
+
+def rank_batch(cfg, world_size: int) -> int:
+    """The batch of one rank: `split` divides the configured batch over the ranks as VPT does
+    (int(BATCH_SIZE / NUM_GPUS), src/data/loader.py:62), `per-rank` gives every rank all of it."""
+    if cfg.ddp_batch == "per-rank" or world_size <= 1:
+        return cfg.batch_size
+    if cfg.batch_size < world_size:
+        raise UsageError(f"--batch-size {cfg.batch_size} cannot be split over {world_size} ranks",
+                         hint="use a batch of at least one image per rank, or --ddp-batch per-rank")
+    return cfg.batch_size // world_size
 
 
 def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
@@ -177,7 +204,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
+        self.amp = use_bf16(cfg.amp, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.manifest = load_manifest(self.config.task)
@@ -196,7 +223,7 @@ class Trainer:
         self.mean, self.std = data_cfg["mean"], data_cfg["std"]
         _seed_everything(cfg.seed)
         strategy = build_strategy(self.config.strategy, backbone.dims, self.config.strategy_config, host=self.host)
-        self.model = PromptedViT(backbone, strategy, self.num_classes).to(self.device)
+        self.model = PromptedViT(backbone, strategy, self.num_classes, head_init=cfg.head_init).to(self.device)
         self.params = count_parameters(self.model)
         self.train_model = self.model
         if self.dist.enabled:
@@ -205,10 +232,16 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.base_lrs = [cfg.lr for _ in self.optimizer.param_groups]
+        self.base_lrs = [cfg.scaled_lr for _ in self.optimizer.param_groups]
         n_train = len(self.manifest.splits[self.train_split])
         self.order_length = len(self.dist.shard(list(range(n_train))))
-        self.steps_per_epoch = max(1, math.ceil(self.order_length / cfg.batch_size))
+        self.batch_size = rank_batch(cfg, self.dist.world_size)
+        # VPT drops the last partial batch when it splits over GPUs (src/data/loader.py:55-58)
+        self.drop_last = self.dist.enabled and cfg.ddp_batch == "split"
+        if self.drop_last:
+            self.steps_per_epoch = max(1, self.order_length // self.batch_size)
+        else:
+            self.steps_per_epoch = max(1, math.ceil(self.order_length / self.batch_size))
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = min(cfg.warmup_epochs, cfg.epochs) * self.steps_per_epoch
         self.state_meta = {
@@ -227,7 +260,7 @@ class Trainer:
     def loader(self, split: str, train: bool, order: list[int] | None = None, epoch: int = 0):
         from ..data.loader import build_loader
 
-        batch = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        batch = self.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
         return build_loader(
             self.manifest, split, input_size=self.input_size, mean=self.mean, std=self.std, train=train,
             batch_size=batch, seed=self.cfg.seed, epoch=epoch, num_workers=self.cfg.num_workers,
@@ -347,7 +380,9 @@ class Trainer:
         if position == 0:
             _seed_everything(cfg.seed * 100_003 + epoch + 1)
         order = self.dist.shard(epoch_order(len(self.manifest.splits[self.train_split]), cfg.seed, epoch))
-        remaining = order[position * cfg.batch_size :]
+        if self.drop_last:
+            order = order[: self.steps_per_epoch * self.batch_size]
+        remaining = order[position * self.batch_size :]
         loader = self.loader(self.train_split, train=True, order=remaining, epoch=epoch)
         self.train_model.train()
         loss_sum = running.get("loss_sum", 0.0)
@@ -364,7 +399,10 @@ class Trainer:
                 if self._interrupt:
                     raise self._interrupted(epoch, step_in_epoch, running_state(loss_sum, correct, seen, train_seconds + time.time() - tick))
                 step = epoch * self.steps_per_epoch + step_in_epoch
-                factor = lr_factor(step, self.warmup_steps, self.total_steps)
+                if cfg.schedule == "per-epoch":
+                    factor = epoch_lr_factor(epoch, cfg.warmup_epochs, cfg.epochs)
+                else:
+                    factor = lr_factor(step, self.warmup_steps, self.total_steps)
                 for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                     group["lr"] = base * factor
                 images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
@@ -409,6 +447,8 @@ class Trainer:
             "train_loss": loss_sum / seen,
             "train_acc": 100.0 * correct / seen,
             "lr": self.optimizer.param_groups[0]["lr"],
+            "batch_per_rank": self.batch_size,
+            "steps": step_in_epoch,
             "images_per_s": seen / max(seconds, 1e-9),
             "seconds": seconds,
             **dead,

@@ -116,11 +116,11 @@ def load_vit_tiny(weights: Path | str | None = None):
         torch.manual_seed(TINY_SEED)
         model = VisionTransformer(**TINY_CONFIG, num_classes=0)
     if weights is None:
-        return FrozenBackbone(model, "vit-tiny", "cls", source=f"random init (seed {TINY_SEED})")
+        return with_registered_normalisation(FrozenBackbone(model, "vit-tiny", "cls", source=f"random init (seed {TINY_SEED})"))
     file = Path(weights).expanduser()
     state, what = checkpoints.convert_timm(read_checkpoint(file), str(file))
     strict_load(model, state, source=str(file))
-    return FrozenBackbone(model, "vit-tiny", "cls", source=f"{what} from {file}", weights_file=file)
+    return with_registered_normalisation(FrozenBackbone(model, "vit-tiny", "cls", source=f"{what} from {file}", weights_file=file))
 
 
 # -- the shared path ------------------------------------------------------------------------------
@@ -140,9 +140,24 @@ def load_timm_backbone(spec: TimmBackbone, weights: Path | str | None = None, *,
     state, what = spec.convert(obj, str(file))
     model = create_model(spec, file, model_kwargs)
     strict_load(model, state, source=f"{spec.name} weights {file}")
-    return FrozenBackbone(
+    backbone = FrozenBackbone(
         model, spec.name, spec.readout, source=f"{what} from {file} ({where})", weights_file=file
     )
+    return with_registered_normalisation(backbone)
+
+
+def with_registered_normalisation(backbone):
+    """The mean/std/interpolation of the backbone's registered BackboneSpec (lspt_plugins.backbones,
+    what `lspt list backbones` shows) replace timm's: timm's config for `vit_base_patch16_224` is
+    Google's 0.5/0.5, wrong for MoCo v3's weights. input_size stays the model's own."""
+    from . import BACKBONES as SPECS
+
+    spec = next(s for s in SPECS if s.name == backbone.name)
+    for key in ("mean", "std", "interpolation"):
+        if getattr(spec, key) is not None:
+            value = getattr(spec, key)
+            backbone.data_config[key] = list(value) if isinstance(value, tuple) else value
+    return backbone
 
 
 def create_model(spec: TimmBackbone, file: Path | None = None, model_kwargs: dict | None = None):

@@ -13,8 +13,9 @@ their learned value deep into the network instead of being washed out by the blo
 block's prompt outputs are not gated (nothing reads them further, except the MAE mean readout,
 which averages them as they come out of the block).
 
-Adaptive attention temperature (`temperature = true`): one scalar tau_l per block, init 1, clamped
-to [0.01, 10]; attention becomes softmax(Q K^T / (sqrt(d) tau_l)). The runner applies it by
+Adaptive attention temperature (`temperature = true`): one scalar tau_l per block, init 1, projected
+into [0.01, 10] in place before every forward (GaPT's `reinit_temp`; see `project_tau`); attention
+becomes softmax(Q K^T / (sqrt(d) tau_l)). The runner applies it by
 multiplying q by 1 / tau_l (`attention_scales`), which works with timm's fused attention.
 
 Trainable: prompts (Np * D), gamma (L - 1), tau (L, if temperature), plus the head.
@@ -69,7 +70,20 @@ class GaPT(VPTShallow):
     def attention_scales(self) -> list[torch.Tensor | None] | None:
         if self.tau is None:
             return None
-        return list((1.0 / self.tau.clamp(TAU_MIN, TAU_MAX)).unbind(0))
+        if torch.compiler.is_compiling():  # torch.export cannot mutate a parameter: the same values
+            tau = self.tau.clamp(TAU_MIN, TAU_MAX)
+        else:
+            self.project_tau()
+            tau = self.tau
+        return list((1.0 / tau).unbind(0))
+
+    @torch.no_grad()
+    def project_tau(self) -> None:
+        """Clamp tau into [TAU_MIN, TAU_MAX] in place before each forward, as GaPT does (`reinit_temp`,
+        src/models/vit_prompt/vit_mae.py:106-108 and 133-135; vit_moco.py:108-110 and 135-137).
+        A projection, not a clamp in the graph: a tau the optimizer pushed past a bound is put back
+        on it and still gets gradient, so it can come back (a clamp in the graph would stop it)."""
+        self.tau.clamp_(TAU_MIN, TAU_MAX)
 
     # -- prompt flow -----------------------------------------------------------------------------
     def start(self, x: torch.Tensor) -> dict[str, Any]:
