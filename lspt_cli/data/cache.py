@@ -1,16 +1,20 @@
-"""The decoded-image cache: every image of a task decoded once, pre-resized, as uint8 in one .npy.
+"""The decoded-image cache: every image of a task decoded once and resized, stored as raw uint8.
 
 `lspt prepare-data TASK --cache [--input-size 224]` writes, next to the manifest,
-`cache-<style>-<input size>.npy` (memory-mapped at load time) and `cache-<style>-<input size>.json`
-(its index: the manifest fingerprint, one key and (height, width) per row). The rows hold the
-output of the pipeline's deterministic resize step (transforms.resize_transform):
-- "square" (VTAB): exactly Resize((S, S)); the cached path gives the same pixels as decoding.
-- "crop" (FGVC, imagefolder): the shorter side resized to R = round(S / 0.875); the long side is
-  kept up to R * 4/3 (center-cropped beyond: only for images more elongated than 4:3). Portrait
-  images are stored transposed so every row is R x ceil(R*4/3). Train RandomCrop and eval
-  CenterCrop then run on the cached pixels: identical to decoding for images up to 4:3.
+`cache-<style>-<input size>.bin` (memory-mapped at load time) and `cache-<style>-<input size>.json`
+(its index: the manifest fingerprint, and per image its key, byte offset and (height, width)).
+Each image is stored exactly as the pipeline's deterministic resize step leaves it
+(transforms.resize_transform), with its true size and aspect ratio, images back to back:
+- "crop" (FGVC, imagefolder): the shorter side resized to R = round(S / 0.875), the long side in
+  proportion, however elongated (a Stanford Cars image at 2:1 keeps all 512 x 256 pixels, so
+  RandomCrop draws from the same range of offsets as when decoding);
+- "square" (VTAB, protocol `lspt`): Resize((S, S)).
+So a cached run sees bit-for-bit the pixels a decoding run sees, crops and flips included.
+"square-tf1" (VTAB, protocol `paper`) is never cached: its resize returns float pixels that a
+uint8 cache would round; those runs decode from disk (VTAB-1k trains on 800-1000 small images).
 Both files are written atomically (index last); the loader uses a cache only when its index matches
-the manifest's fingerprint and geometry, so a re-prepared task never reads a stale cache.
+the manifest's fingerprint, the style, the input size and the data file's length, so a re-prepared
+task never reads a stale cache.
 """
 
 from __future__ import annotations
@@ -23,86 +27,84 @@ from typing import Any, Callable
 from .. import atomic
 from ..errors import DataError
 from .manifest import Manifest
-from .transforms import cache_geometry, resize_transform, transform_style
+from .transforms import CACHED_STYLES, resize_transform, transform_style
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 1: fixed-size rows, long side cut at 4:3 (changed what a run saw); never read
 
 
 @dataclass
 class CacheInfo:
-    npy: Path
+    data: Path
     index: Path
     style: str
     input_size: int
-    short: int
-    long: int
     rows: dict[str, int]
+    offsets: list[int]
     hw: list[tuple[int, int]]
+    nbytes: int
 
     @property
     def count(self) -> int:
         return len(self.hw)
 
 
-def cache_paths(manifest: Manifest, input_size: int) -> tuple[Path, Path]:
+def _style(manifest: Manifest, style: str | None) -> str:
+    return style or transform_style(manifest.benchmark, manifest.extra)
+
+
+def cache_paths(manifest: Manifest, input_size: int, style: str | None = None) -> tuple[Path, Path]:
+    """(data file, index file); `style` defaults to the benchmark's `lspt` style."""
     if manifest.directory is None:
         raise DataError(f"task '{manifest.task}': the manifest has no directory (write it first)")
-    style = transform_style(manifest.benchmark, manifest.extra)
-    stem = f"cache-{style}-{int(input_size)}"
-    return manifest.directory / f"{stem}.npy", manifest.directory / f"{stem}.json"
+    stem = f"cache-{_style(manifest, style)}-{int(input_size)}"
+    return manifest.directory / f"{stem}.bin", manifest.directory / f"{stem}.json"
 
 
-def find_cache(manifest: Manifest, input_size: int) -> CacheInfo | None:
-    """The valid cache for this manifest and input size, or None."""
-    if manifest.directory is None or manifest.root is None:
+def find_cache(manifest: Manifest, input_size: int, style: str | None = None) -> CacheInfo | None:
+    """The valid cache for this manifest, style and input size, or None (never for square-tf1)."""
+    style = _style(manifest, style)
+    if style not in CACHED_STYLES or manifest.directory is None or manifest.root is None:
         return None
-    npy, index = cache_paths(manifest, input_size)
-    if not (npy.exists() and index.exists()):
-        return None
+    data, index = cache_paths(manifest, input_size, style)
     try:
         doc = json.loads(index.read_text(encoding="utf-8"))
+        size = data.stat().st_size
     except (OSError, ValueError):
         return None
-    style = transform_style(manifest.benchmark, manifest.extra)
-    short, long = cache_geometry(style, input_size)
-    if (
+    if not isinstance(doc, dict) or (
         doc.get("version") != CACHE_VERSION
         or doc.get("fingerprint") != manifest.fingerprint()
         or doc.get("style") != style
-        or doc.get("short") != short
-        or doc.get("long") != long
+        or doc.get("input_size") != int(input_size)
+        or doc.get("bytes") != size
     ):
         return None
-    keys, hw = doc.get("keys") or [], doc.get("hw") or []
-    if len(keys) != len(hw):
-        return None
+    keys, hw, offsets = doc.get("keys") or [], doc.get("hw") or [], doc.get("offsets") or []
     try:
-        import numpy as np
-
-        arr = np.load(npy, mmap_mode="r")
-        if arr.shape != (len(keys), short, long, 3) or arr.dtype != np.uint8:
-            return None
-        del arr
-    except (OSError, ValueError):
+        hw = [(int(h), int(w)) for h, w in hw]
+        offsets = [int(o) for o in offsets]
+    except (TypeError, ValueError):
+        return None
+    if not (len(keys) == len(hw) == len(offsets)) or any(
+        o < 0 or h <= 0 or w <= 0 or o + h * w * 3 > size for o, (h, w) in zip(offsets, hw)
+    ):
         return None
     return CacheInfo(
-        npy=npy,
-        index=index,
-        style=style,
-        input_size=int(input_size),
-        short=short,
-        long=long,
-        rows={k: i for i, k in enumerate(keys)},
-        hw=[(int(h), int(w)) for h, w in hw],
+        data=data, index=index, style=style, input_size=int(input_size),
+        rows={k: i for i, k in enumerate(keys)}, offsets=offsets, hw=hw, nbytes=size,
     )
 
 
+def read_row(array, offset: int, h: int, w: int):
+    """One cached image as an HxWx3 uint8 view of the memory-mapped data file."""
+    return array[offset : offset + h * w * 3].reshape(h, w, 3)
+
+
 class _DecodeForCache:
-    """A map-style dataset: row i -> (uint8 HxWx3 array of the resized image, (h, w) before storage)."""
+    """A map-style dataset: row i -> (i, the resized image as uint8 HxWx3 bytes, (h, w))."""
 
     def __init__(self, root: str, keys: list[str], style: str, input_size: int):
         self.root, self.keys, self.style, self.input_size = root, keys, style, input_size
-        self.short, self.long = cache_geometry(style, input_size)
         self._resize = None
 
     def __len__(self) -> int:
@@ -116,19 +118,8 @@ class _DecodeForCache:
         if self._resize is None:
             self._resize = resize_transform(self.style, self.input_size)
         img = self._resize(load_image(Path(self.root) / self.keys[i]))
-        w, h = img.size
-        if self.style == "crop":
-            if w > self.long:
-                left = int(round((w - self.long) / 2.0))
-                img = img.crop((left, 0, left + self.long, h))
-            elif h > self.long:
-                top = int(round((h - self.long) / 2.0))
-                img = img.crop((0, top, w, top + self.long))
-            w, h = img.size
-        arr = np.asarray(img, dtype=np.uint8)
-        if h > w:  # portrait: stored transposed so the short side is the row's first axis
-            arr = arr.transpose(1, 0, 2)
-        return i, np.ascontiguousarray(arr), (h, w)
+        arr = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+        return i, arr.tobytes(), (int(arr.shape[0]), int(arr.shape[1]))
 
 
 def build_cache(
@@ -136,34 +127,37 @@ def build_cache(
     input_size: int = 224,
     num_workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    style: str | None = None,
 ) -> dict[str, Any]:
     """Decode every image once into the cache files (atomically). Returns a JSON-able summary."""
-    import numpy as np
     import torch
 
     if manifest.root is None:
         raise DataError(f"task '{manifest.task}' keeps its images in an array already; it needs no cache")
-    npy, index = cache_paths(manifest, input_size)
-    style = transform_style(manifest.benchmark, manifest.extra)
-    short, long = cache_geometry(style, input_size)
+    style = _style(manifest, style)
+    if style not in CACHED_STYLES:
+        raise DataError(f"style '{style}' is not cached (its float pixels would be rounded); it decodes from disk")
+    data, index = cache_paths(manifest, input_size, style)
     keys = manifest.keys()
-    existing = find_cache(manifest, input_size)
+    existing = find_cache(manifest, input_size, style)
     if existing is not None and existing.count == len(keys):
         return _summary(existing, reused=True)
+    index.unlink(missing_ok=True)  # no window where an old index describes the new data file
     dataset = _DecodeForCache(manifest.root, keys, style, input_size)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=lambda x: x
     )
     hw: list[list[int]] = [[0, 0]] * len(keys)
-    with atomic.atomic_path(npy) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keys), short, long, 3))
-        for done, (i, arr, (h, w)) in enumerate(loader, 1):
-            out[i, : arr.shape[0], : arr.shape[1]] = arr
-            hw[i] = [int(h), int(w)]
-            if progress is not None:
-                progress(done, len(keys))
-        out.flush()
-        del out
+    offsets = [0] * len(keys)
+    position = 0
+    with atomic.atomic_path(data) as tmp:
+        with open(tmp, "wb") as fh:
+            for done, (i, raw, (h, w)) in enumerate(loader, 1):
+                fh.write(raw)
+                offsets[i], hw[i] = position, [h, w]
+                position += len(raw)
+                if progress is not None:
+                    progress(done, len(keys))
     atomic.write_json(
         index,
         {
@@ -172,26 +166,26 @@ def build_cache(
             "fingerprint": manifest.fingerprint(),
             "style": style,
             "input_size": int(input_size),
-            "short": short,
-            "long": long,
-            "npy": npy.name,
+            "data": data.name,
+            "bytes": position,
             "keys": keys,
+            "offsets": offsets,
             "hw": hw,
         },
     )
-    info = find_cache(manifest, input_size)
+    info = find_cache(manifest, input_size, style)
     if info is None:  # pragma: no cover - we just wrote it
-        raise DataError(f"the cache just written is not readable: {npy}")
+        raise DataError(f"the cache just written is not readable: {data}")
     return _summary(info, reused=False)
 
 
 def _summary(info: CacheInfo, reused: bool) -> dict[str, Any]:
     return {
-        "path": str(info.npy),
+        "path": str(info.data),
         "images": info.count,
         "style": info.style,
         "input_size": info.input_size,
-        "stored": [info.short, info.long, 3],
-        "bytes": info.npy.stat().st_size,
+        "stored": [max((h for h, _ in info.hw), default=0), max((w for _, w in info.hw), default=0), 3],
+        "bytes": info.nbytes,
         "reused": reused,
     }

@@ -6,8 +6,10 @@
   (seed, epoch, index), restored afterwards, so it is a pure function of
   (seed, epoch, index): identical for any `num_workers`, any worker assignment, and any resume
   point, and the caller's global RNG is left untouched.
-- Images come from the decoded-image cache when a valid one exists for the input size (see
-  cache.py), else are decoded from disk (PIL -> RGB), or from the array a task keeps (digits).
+- Images come from the decoded-image cache when a valid one exists for the style and input size
+  (see cache.py; it holds exactly what decoding gives), else are decoded from disk (PIL -> RGB),
+  or from the array a task keeps (digits).
+- `style` (transforms.transform_style) is the run's: VTAB under protocol `paper` is "square-tf1".
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..errors import DataError
 from .cache import find_cache
 from .images import load_image
 from .manifest import Manifest
-from .transforms import resize_transform, tensor_transform, transform_style
+from .transforms import check_style, resize_transform, tensor_transform, transform_style
 
 _MASK64 = (1 << 64) - 1
 
@@ -59,28 +61,27 @@ class _FileSource:
 
         if self._resize is None:
             self._resize = resize_transform(self.style, self.input_size)
-        return F.pil_to_tensor(self._resize(load_image(Path(self.root) / key)))
+        out = self._resize(load_image(Path(self.root) / key))
+        return out if isinstance(out, torch.Tensor) else F.pil_to_tensor(out)  # square-tf1 gives a tensor
 
 
 class _CacheSource:
-    """Rows of the memory-mapped cache (opened lazily in each worker process)."""
+    """Images of the memory-mapped cache (opened lazily in each worker process)."""
 
-    def __init__(self, npy: Path, rows: dict[str, int], hw: list[tuple[int, int]]):
-        self.npy, self.rows, self.hw = npy, rows, hw
+    def __init__(self, info):
+        self.data, self.rows, self.offsets, self.hw = info.data, info.rows, info.offsets, info.hw
         self._arr = None
 
     def __getstate__(self):
         return {**self.__dict__, "_arr": None}
 
     def get(self, key: str) -> torch.Tensor:
+        from .cache import read_row
+
         if self._arr is None:
-            self._arr = np.load(self.npy, mmap_mode="r")
+            self._arr = np.memmap(self.data, dtype=np.uint8, mode="r")
         i = self.rows[key]
-        h, w = self.hw[i]
-        if h > w:
-            arr = self._arr[i, :w, :h].transpose(1, 0, 2)
-        else:
-            arr = self._arr[i, :h, :w]
+        arr = read_row(self._arr, self.offsets[i], *self.hw[i])
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # a writable CHW copy
 
 
@@ -177,9 +178,9 @@ def _source_for(manifest: Manifest, style: str, input_size: int, use_cache: bool
     if manifest.root is None:
         raise DataError(f"task '{manifest.task}' has neither an image root nor an image array")
     if use_cache:
-        info = find_cache(manifest, input_size)
+        info = find_cache(manifest, input_size, style)
         if info is not None:
-            return _CacheSource(info.npy, info.rows, info.hw)
+            return _CacheSource(info)
     return _FileSource(manifest.root, style, input_size)
 
 
@@ -192,8 +193,11 @@ def build_dataset(
     std: Sequence[float],
     train: bool,
     use_cache: bool = True,
+    style: str | None = None,
 ) -> TaskDataset:
-    """The split as a map-style dataset; `train` turns on the style's augmentation (FGVC crop/flip)."""
+    """The split as a map-style dataset; `train` turns on the style's augmentation (FGVC crop/flip).
+
+    `style`: the run's transform style (None: the benchmark's under protocol `lspt`)."""
     if split not in manifest.splits:
         raise DataError(
             f"task '{manifest.task}' has no split '{split}'; it has {', '.join(sorted(manifest.splits))}"
@@ -201,7 +205,7 @@ def build_dataset(
     items = manifest.splits[split]
     if not items:
         raise DataError(f"task '{manifest.task}': split '{split}' is empty")
-    style = transform_style(manifest.benchmark, manifest.extra)
+    style = check_style(style or transform_style(manifest.benchmark, manifest.extra))
     source = _source_for(manifest, style, int(input_size), use_cache)
     post = tensor_transform(style, int(input_size), mean, std, train)
     return TaskDataset(list(items), source, post, train, manifest.task, split)
@@ -229,13 +233,14 @@ def build_loader(
     drop_last: bool = False,
     sampler=None,
     use_cache: bool = True,
+    style: str | None = None,
 ) -> DataLoader:
     """One epoch's loader: order and augmentation are pure functions of (seed, epoch).
 
     `shuffle` defaults to `train`; with a `sampler` (e.g. DistributedSampler) the sampler orders.
     """
     dataset = build_dataset(
-        manifest, split, input_size=input_size, mean=mean, std=std, train=train, use_cache=use_cache
+        manifest, split, input_size=input_size, mean=mean, std=std, train=train, use_cache=use_cache, style=style
     )
     dataset.set_epoch(seed, epoch)
     if shuffle is None:
