@@ -167,7 +167,16 @@ def build_strategy(name: str, dims: BackboneDims, config: dict[str, Any] | None 
 
     host = host or get_host()
     spec = host.strategies.get(name)
-    strategy = resolve_factory(spec.factory)(dims, **spec.options(config))
+    options = spec.options(config)
+    if spec.count_params is not None:  # refuse before allocating: --set num_prompts=1000000000
+        from .validate import check_param_memory
+
+        try:
+            n_params = int(spec.count_params(dims, options))
+        except Exception:  # malformed options: the factory's own checks report them below
+            n_params = 0
+        check_param_memory(n_params, f"strategy '{name}' with {options}")
+    strategy = resolve_factory(spec.factory)(dims, **options)
     if not isinstance(strategy, PromptStrategy):
         raise TypeError(f"strategy '{name}' factory returned {type(strategy).__name__}, not a PromptStrategy")
     return strategy

@@ -33,6 +33,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .specs import RecipeSpec
+from .validate import check_options, check_train
 
 RECIPE_KEYS = {"description", "match", "train", "strategy", "tasks", "grid"}
 MATCH_KEYS = {"strategy", "backbone", "benchmark", "task"}
@@ -86,16 +87,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (one per core)
 
     def validate(self, where: str = "config") -> "TrainConfig":
-        positive = ("epochs", "batch_size")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}: '{name}' must be a positive integer, got {getattr(self, name)}")
-        if self.warmup_epochs < 0 or self.num_workers < 0 or self.eval_batch_size < 0 or self.threads < 0:
-            raise ConfigError(f"{where}: warmup_epochs, num_workers, eval_batch_size and threads must be >= 0")
-        if self.lr <= 0:
-            raise ConfigError(f"{where}: 'lr' must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.momentum < 1:
-            raise ConfigError(f"{where}: weight_decay and grad_clip must be >= 0 and momentum in [0, 1)")
+        check_train(self, where)  # every number finite and in range, the device well-formed (validate.py)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{where}: '{name}' must be {_one_of(allowed)}, got {getattr(self, name)!r}")
@@ -278,7 +270,9 @@ def resolve_config(
         t, s = recipe_layers(data, task)
         train.update(t), strat.update(s), grid.update(data.get("grid", {}))
         used.append(str(recipe_file))
-    train.update(coerce_train_values(train_overrides or {}, "command line"))
+    cli_values = coerce_train_values(train_overrides or {}, "command line")
+    check_options(cli_values)  # a bad flag is named as such: "--lr: must be a finite number ..."
+    train.update(cli_values)
     strat.update(strategy_overrides or {})
     protocol = train.get("protocol", TrainConfig.protocol)
     if protocol not in PROTOCOLS:

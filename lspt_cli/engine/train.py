@@ -51,11 +51,10 @@ class RunInfo:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device '{name}' requested but CUDA is not available")
-    return torch.device(name)
+    """A malformed name or a device this machine lacks is a usage error (validate.torch_device)."""
+    from ..validate import torch_device
+
+    return torch_device(name)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
