@@ -17,6 +17,7 @@ from typing import Any
 
 from . import atomic
 from .errors import BundleError
+from .messages import shorten_list
 
 SCHEMA_VERSION = 1
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
@@ -101,11 +102,13 @@ def read_header(path: str | Path) -> BundleHeader:
         if len(prefix) < 8:
             raise BundleError(f"{path}: not a safetensors file (only {size} bytes; truncated?)")
         (header_len,) = struct.unpack("<Q", prefix)
-        if prefix[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or prefix[:2] == b"PK":
+        plausible = header_len <= MAX_HEADER_BYTES and header_len + 8 <= size
+        # only an implausible length is a pickle: a 640-byte safetensors header also starts b"\x80\x02"
+        if not plausible and (prefix[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or prefix[:2] == b"PK"):
             raise BundleError(
                 f"{path}: looks like a pickle/torch.save file, not safetensors; lspt never unpickles bundles"
             )
-        if header_len > MAX_HEADER_BYTES or header_len + 8 > size:
+        if not plausible:
             raise BundleError(f"{path}: not a safetensors file or truncated (header claims {header_len} bytes, file has {size})")
         raw = fh.read(header_len)
     try:
@@ -168,7 +171,7 @@ def _check_lspt_metadata(header: BundleHeader) -> None:
     checks = (
         ("lspt.backbone", "name", str), ("lspt.backbone", "fingerprint", str), ("lspt.strategy", "name", str),
         ("lspt.strategy", "config", dict), ("lspt.task", "name", str), ("lspt.task", "classes", list),
-        ("lspt.task", "benchmark", str),
+        ("lspt.task", "benchmark", str), ("lspt.backbone", "readout", str), ("lspt.task", "style", str),
     )
     for key, field_name, kind in checks:
         value = (header.meta(key) or {}).get(field_name)
@@ -244,9 +247,9 @@ def check_tensors(path: str | Path, tensors: dict[str, Any], expected: dict[str,
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing tensors {missing}")
+            parts.append(f"missing tensors {shorten_list(missing, quote=True)}")
         if unexpected:
-            parts.append(f"unexpected tensors {unexpected}")
+            parts.append(f"unexpected tensors {shorten_list(unexpected, quote=True)}")
         raise BundleError(f"{path}: does not fit the model: " + "; ".join(parts))
     for name, ref in expected.items():
         if tuple(tensors[name].shape) != tuple(ref.shape):
