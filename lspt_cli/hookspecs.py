@@ -2,7 +2,8 @@
 
 Registration hooks take a `register` callback, the pattern of `llm` and tox: call it once per
 component with a spec from `lspt_cli.specs`. Event hooks let trackers observe training runs.
-Every hook here is documented in the README's "Writing a plugin" section (a test checks that).
+These docstrings are the reference (pytest style: each argument under :param:, what to return);
+docs/plugins.md shows every signature (tests check both) and tests/ implements every hook.
 """
 
 from __future__ import annotations
@@ -15,39 +16,101 @@ hookimpl = pluggy.HookimplMarker("lspt")
 
 @hookspec
 def lspt_register_backbones(register):
-    """Call `register(BackboneSpec(...))` for each backbone this plugin provides."""
+    """Register the frozen ViT backbones this plugin provides.
+
+    :param register: call ``register(BackboneSpec(name, description, factory, readout, embed_dim, depth,
+        num_prefix_tokens))`` once per backbone. ``factory(weights: Path | None) -> FrozenBackbone`` is
+        imported and called only when the backbone is used; ``weights=None`` means cached weights or a
+        seeded random init, never a silent download. The spec's shapes must match the model
+        (``lspt plugins check`` compares them).
+
+    Return nothing: what counts is what was passed to ``register``. A name registered twice, or a spec
+    of the wrong type, makes the whole plugin fail to load (a warning, or fatal with LSPT_STRICT_PLUGINS=1).
+    """
 
 
 @hookspec
 def lspt_register_strategies(register):
-    """Call `register(StrategySpec(...))` for each prompt strategy this plugin provides."""
+    """Register the prompt strategies this plugin provides.
+
+    :param register: call ``register(StrategySpec(name, description, factory, defaults, count_params,
+        paper))`` once per strategy. ``factory(dims: BackboneDims, **options) -> PromptStrategy``;
+        ``defaults`` lists every option (any other ``--set`` key is refused before training);
+        ``count_params(dims, options) -> int`` counts trainable strategy tensors without torch.
+
+    Return nothing. The strategy's interface (``start``/``before_block``/``after_block``/
+    ``attention_scales``, 0-based block indices, ``start`` returning a dict of state) is in
+    docs/plugins.md.
+    """
 
 
 @hookspec
 def lspt_register_datasets(register):
-    """Call `register(DatasetSpec(...))` for each task this plugin provides."""
+    """Register the tasks this plugin provides.
+
+    :param register: call ``register(DatasetSpec(name, description, prepare, benchmark, needs_root,
+        layout))`` once per task. ``prepare(root: Path | None, out_dir: Path | None = None, **options)
+        -> Manifest`` checks the files under ``root`` (None when ``needs_root=False``) and returns the
+        class names and the train/val/test/trainval splits; ``lspt prepare-data`` validates and writes it.
+
+    Return nothing. Raise ``lspt_cli.DataError`` (with a hint) for missing or malformed files.
+    """
 
 
 @hookspec
 def lspt_register_recipes(register):
-    """Call `register(RecipeSpec(...))` for each recipe this plugin provides."""
+    """Register training recipes (hyper-parameters for a strategy x backbone x benchmark [x task]).
+
+    :param register: call ``register(RecipeSpec(name, description, values, strategy, backbone,
+        benchmark, task, source))``; ``values`` is the parsed TOML of a recipe file (``[train]``,
+        ``[strategy]``, ``[tasks.X]``, ``[grid]``), ``"*"`` in a match field means any.
+
+    Return nothing. The most specific matching recipe is applied below ``--recipe FILE`` and flags.
+    """
 
 
 @hookspec
 def lspt_register_commands(app):
-    """Add sub-commands to the Typer `app` (use `@app.command()`; never Click directly)."""
+    """Add sub-commands to the ``lspt`` command line.
+
+    :param app: the root ``typer.Typer``; use ``@app.command("name")`` (Typer, never raw Click), and
+        import heavy modules inside the command so ``lspt --help`` stays fast.
+
+    Return nothing. Raise an ``lspt_cli.LsptError`` subclass for a one-line ``Error:`` and its exit code.
+    """
 
 
 @hookspec
 def lspt_on_run_start(run, config):
-    """A tune run starts. `run` has `.dir` and `.name`; `config` is the resolved config dict."""
+    """A ``lspt tune`` run starts (also a resumed one), after its config is written.
+
+    :param run: the run: ``run.dir`` (Path of the run directory) and ``run.name`` (its folder name).
+    :param config: the resolved config as a dict (what ``config.json`` holds: backbone, strategy,
+        task, train, strategy_config, ...).
+
+    Return nothing. An exception only prints a warning: a tracker never stops training.
+    """
 
 
 @hookspec
 def lspt_on_epoch_end(run, metrics):
-    """An epoch ended; `metrics` is the record just appended to the run's metrics.jsonl."""
+    """An epoch of ``lspt tune`` ended, its record appended to ``metrics.jsonl``.
+
+    :param run: the run (``run.dir``, ``run.name``).
+    :param metrics: the record just appended: ``epoch`` (1-based), ``train_loss``, ``train_acc``, ``lr``,
+        ``val_loss``/``val_acc``/``best_val_acc`` (not with ``--final``), ``images_per_s``, ``seconds``;
+        epoch 1 also has ``dead_tensors`` (trainable tensors that got no non-zero gradient).
+
+    Return nothing. An exception only prints a warning.
+    """
 
 
 @hookspec
 def lspt_on_run_end(run, summary):
-    """A tune run finished; `summary` is the document `lspt tune --json` prints."""
+    """A ``lspt tune`` run finished: the bundle and ``summary.json`` are written.
+
+    :param run: the run (``run.dir``, ``run.name``).
+    :param summary: the document ``lspt tune --json`` prints (test_top1, selected_epoch, bundle, params, ...).
+
+    Return nothing. An exception only prints a warning.
+    """

@@ -1,16 +1,31 @@
-"""`lspt plugins`: every loaded plugin, its distribution and version, what it registered, or its error."""
+"""`lspt plugins`: loaded plugins; `plugins check`: conformance checks; `plugins new`: a plugin package."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
-from .output import out, print_json
+from ..errors import LsptError, UsageError
+from .output import complete_from, err, out, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("plugins")
-    def plugins(json_: bool = typer.Option(False, "--json", help="Print one JSON document.")):
+    plugins_app = typer.Typer(
+        name="plugins",
+        help="List loaded plugins (built-in and external) and the components each registered; "
+        "`check` and `new` help plugin authors.",
+        invoke_without_command=True,
+        no_args_is_help=False,
+        rich_markup_mode="rich",
+    )
+
+    @plugins_app.callback()
+    def plugins(ctx: typer.Context, json_: bool = typer.Option(False, "--json", help="Print one JSON document.")):
         """List loaded plugins (built-in and external) and the components each registered."""
+        if ctx.invoked_subcommand is not None:
+            return
         from rich.table import Table
 
         from ..plugins import get_host
@@ -20,8 +35,86 @@ def register(app: typer.Typer) -> None:
             print_json([r.to_json() for r in records])
             return
         table = Table("plugin", "distribution", "version", "registered", "status")
+        for column in table.columns[:3]:
+            column.no_wrap = True  # names are never cut; the "registered" column wraps instead
         for r in records:
             registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in r.components.items()) or "-"
-            status = f"[red]failed: {r.error}[/]" if r.error else "ok"
-            table.add_row(r.name, r.dist or "-", r.version or "-", registered, status)
+            status = f"[red]failed: {safe(r.error)}[/]" if r.error else "ok"
+            table.add_row(safe(r.name), safe(r.dist or "-"), safe(r.version or "-"), safe(registered), status)
         out.print(table)
+
+    @plugins_app.command("check")
+    def check(
+        names: Optional[List[str]] = typer.Argument(
+            None, help="Strategies, backbones, datasets or recipes to check (default: every component of the "
+            "external plugins).", autocompletion=complete_from("strategy"), show_default=False),
+        kind: Optional[str] = typer.Option(None, "--kind", help="strategy, backbone, dataset or recipe, when NAME is "
+                                           "registered as more than one kind.", show_default=False),
+        root: Optional[Path] = typer.Option(None, "--root", help="A dataset's unpacked files, for datasets that need them.",
+                                            show_default=False),
+        weights: Optional[Path] = typer.Option(None, "--weights", help="A backbone's weights file.", show_default=False),
+        json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ):
+        """Conformance checks of registered components on vit-tiny: build, forward, a non-zero gradient
+        for every trainable tensor, count_params, bundle round-trip, a clean error for a bad option and
+        the same result for the same seed. One line per check with a fix hint; exit 1 when any fails."""
+        from ..plugins import get_host
+        from ..testing import check_kinds, run_check
+
+        host = get_host()
+        if kind is not None and kind not in ("strategy", "backbone", "dataset", "recipe"):
+            raise UsageError(f"--kind must be strategy, backbone, dataset or recipe, got {kind!r}")
+        targets: list[tuple[str, str | None]] = []
+        if names:
+            targets = [(n, kind) for n in names]
+        else:
+            for record in host.records.values():
+                if record.builtin:
+                    continue
+                targets += [(n, k) for k, ns in record.components.items() for n in ns if kind in (None, k)]
+            if not targets:
+                raise UsageError("no external plugin registered anything to check",
+                                 hint="name components: lspt plugins check vpt-deep (see `lspt plugins`)")
+        reports = []
+        for name, k in targets:
+            kinds = [k] if k else check_kinds(name, host)
+            for each in kinds or [None]:
+                report = run_check(name, each, host=host, root=root, weights=weights)
+                reports.append(report)
+                if not json_:
+                    for line in report.lines():
+                        out.print(line, markup=False, highlight=False)
+        failed = [f"{r.kind} {r.name}: {c}" for r in reports for c in r.failed]
+        if json_:
+            print_json({"ok": not failed, "failed": failed, "components": [r.to_json() for r in reports]})
+            if failed:
+                raise typer.Exit(1)
+            return
+        if failed:
+            raise LsptError(f"{len(failed)} check(s) failed: {'; '.join(failed)}",
+                            hint="each FAIL line above says how to fix it; docs/plugins.md has the contract")
+        n = sum(len(r.results) for r in reports)
+        err.print(f"all {n} checks of {len(reports)} component(s) passed", markup=False, highlight=False)
+
+    @plugins_app.command("new")
+    def new(
+        name: str = typer.Argument(..., help="Plugin name, e.g. my-prompts: distribution lspt-my-prompts, module "
+                                   "lspt_my_prompts, component my-prompts.", show_default=False),
+        kind: str = typer.Option(..., "--kind", help="strategy, dataset or backbone.", show_default=False),
+        directory: Path = typer.Option(Path("."), "--dir", help="Where to create the package folder."),
+        json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ):
+        """Write a ready plugin package: pyproject with the entry point, a working minimal implementation,
+        tests using lspt_cli.testing, and a README. It passes `pip install -e`, pytest and `lspt plugins check`."""
+        from ..scaffold import names_for, write_scaffold
+
+        dest, files = write_scaffold(name, kind, directory)
+        component = names_for(name).component
+        if json_:
+            print_json({"path": str(dest), "component": component, "kind": kind, "files": files})
+            return
+        out.print(f"wrote {dest}: {', '.join(files)}", markup=False, highlight=False)
+        err.print(f"next: cd {dest} && pip install -e '.[test]' && python -m pytest && lspt plugins check {component}",
+                  markup=False, highlight=False)
+
+    app.add_typer(plugins_app)
