@@ -23,8 +23,11 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def printable(text: object) -> str:
-    """`text` with every control character replaced by a visible escape ("\\x1b[2J" stays inert)."""
+def printable(text: object, newlines: bool = False) -> str:
+    """`text` with every control character replaced by a visible escape ("\\x1b[2J" stays inert);
+    with `newlines`, line breaks are kept (multi-line output of lspt's own)."""
+    if newlines:
+        return "\n".join(_CONTROL.sub(_escape, line) for line in str(text).split("\n"))
     return _CONTROL.sub(_escape, str(text))
 
 

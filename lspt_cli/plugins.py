@@ -316,6 +316,30 @@ class PluginHost:
         return None
 
 
+def call_prepare(spec: DatasetSpec, *args: Any, many: bool = False, **kwargs: Any):
+    """Run a dataset's `prepare` (plugin code: stdout to stderr) and check that it returned a
+    Manifest (or, with `many`, a list of them); anything else is an error of its plugin."""
+    from .data.manifest import Manifest
+    from .specs import resolve_factory
+
+    prepare = resolve_factory(spec.prepare)
+    try:
+        with plugin_code():
+            result = prepare(*args, **kwargs)
+    except SystemExit as exc:
+        raise PluginError(f"dataset '{spec.name}' of plugin {_owner_label(spec.name)}: prepare() {describe(exc)}") from None
+    items = result if many and isinstance(result, list) else [result]
+    if not items or not all(isinstance(m, Manifest) for m in items):
+        raise PluginError(f"dataset '{spec.name}' of plugin {_owner_label(spec.name)}: prepare() returned "
+                          f"{type(result).__name__}, expected a lspt_cli.data.manifest.Manifest")
+    return result
+
+
+def _owner_label(dataset: str) -> str:
+    host = get_host()
+    return host.record_of(host.datasets.provider(dataset)).label if dataset in host.datasets else "?"
+
+
 @contextlib.contextmanager
 def plugin_code():
     """Run plugin code with its stdout routed to stderr: a `print` must not corrupt `--json`."""
@@ -365,8 +389,8 @@ def spec_problem(spec: object) -> str | None:
             value = getattr(spec, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "num_prefix_tokens" else 1):
                 return f"{key}={value!r}; expected a positive integer"
-        if spec.readout not in ("cls", "mean"):
-            return f"readout={spec.readout!r}; expected 'cls' or 'mean'"
+        if not isinstance(spec.readout, str) or not spec.readout:
+            return f"readout={spec.readout!r}; expected a readout name such as 'cls'"
     if isinstance(spec, StrategySpec):
         if not isinstance(spec.defaults, dict) or not all(isinstance(k, str) for k in spec.defaults):
             return f"defaults of type {type(spec.defaults).__name__}; expected a dict of option name -> value"

@@ -17,11 +17,28 @@ def resolve_factory(factory: Factory) -> Callable[..., Any]:
     """Turn "pkg.mod:attr" into the attribute (importing pkg.mod); callables pass through."""
     if callable(factory):
         return factory
-    module_name, _, attr = factory.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
+    try:
+        module_name, _, attr = factory.partition(":")
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # a typo in a plugin's factory string is that plugin's error, not a traceback
+        raise _factory_error(factory, f"{type(exc).__name__}: {exc}") from None
+    if not callable(obj):
+        raise _factory_error(factory, f"it is a {type(obj).__name__}, not a callable")
     return obj
+
+
+def _factory_error(factory: str, problem: str):
+    """A PluginError naming the plugin that registered `factory` (looked up only on failure)."""
+    from .errors import PluginError
+    from .messages import one_line
+    from .plugins import get_host
+
+    record = get_host().provider_of_factory(factory)
+    owner = f"plugin {record.label}" if record is not None else "a plugin"
+    return PluginError(f"{owner} names a factory {factory!r} that cannot be loaded: {one_line(problem)}",
+                       hint="fix the 'package.module:attribute' string in the plugin's registration")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import WeightsError
+from .messages import shorten_list
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 CONTAINER_KEYS = ("state_dict", "model")
@@ -148,7 +149,4 @@ def strict_load(model, state: Mapping[str, Any], source: str = "weights") -> Non
 
 
 def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    if len(items) > _MAX_LISTED:
-        shown += f", ... ({len(items) - _MAX_LISTED} more)"
-    return shown
+    return shorten_list(items, _MAX_LISTED)

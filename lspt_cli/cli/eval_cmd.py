@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import BelowThreshold, BundleError, UsageError
-from .output import complete_from, out, print_json
+from .output import complete_from, out, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
@@ -58,6 +58,6 @@ def register(app: typer.Typer) -> None:
         if json_:
             print_json(doc)
         else:
-            out.print(f"{task} [{split}]: top-1 {result['top1']:.2f}%  mean per class {result['mean_per_class']:.2f}%  (n={result['n']})")
+            out.print(f"{safe(task)} \\[{safe(split)}]: top-1 {result['top1']:.2f}%  mean per class {result['mean_per_class']:.2f}%  (n={result['n']})")
         if fail_under is not None and result["top1"] < fail_under:
             raise BelowThreshold(f"top-1 {result['top1']:.2f}% is below --fail-under {fail_under}")

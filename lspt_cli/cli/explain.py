@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import UsageError
-from .output import out, print_json
+from .output import out, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +39,6 @@ def register(app: typer.Typer) -> None:
             print_json([r.to_json() for r in results])
             return
         for r in results:
-            out.print(f"{r.image}: {r.label} ({100 * r.probability:.1f}%)", markup=False)
+            out.print(f"{safe(r.image)}: {safe(r.label)} ({100 * r.probability:.1f}%)")
             for method, path in r.files.items():
-                out.print(f"  {method}: {path}", markup=False)
+                out.print(f"  {safe(method)}: {safe(path)}")

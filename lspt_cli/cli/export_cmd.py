@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from ..errors import LsptError, UsageError
-from .output import out, print_json
+from .output import out, print_json, safe
 
 
 def export_bundle(source: Path, output: Path) -> dict:
@@ -78,9 +78,9 @@ def register(app: typer.Typer) -> None:
         if json_:
             print_json(doc)
         elif format_ == "pt2":
-            out.print(f"wrote {doc['output']} ({doc['bytes']:,} bytes, torch.export program, input {doc['input_size']})")
+            out.print(f"wrote {safe(doc['output'])} ({doc['bytes']:,} bytes, torch.export program, input {doc['input_size']})")
         else:
-            out.print(f"wrote {doc['output']} ({doc['bytes']:,} bytes, from the {doc['from']})")
+            out.print(f"wrote {safe(doc['output'])} ({doc['bytes']:,} bytes, from the {doc['from']})")
 
 
 def _export(source: Path, output: Path, format_: str, weights) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .output import out, print_json
+from .output import out, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
@@ -26,12 +26,12 @@ def register(app: typer.Typer) -> None:
         if json_:
             print_json(doc)
             return
-        out.print(f"[bold]{header.path}[/]  ({header.file_size:,} bytes, {doc['num_parameters']:,} parameters)")
+        out.print(f"[bold]{safe(header.path)}[/]  ({header.file_size:,} bytes, {doc['num_parameters']:,} parameters)")
         meta = Table("key", "value", show_header=False)
         for key, value in doc["metadata"].items():
-            meta.add_row(key, value if isinstance(value, str) else json.dumps(value))
+            meta.add_row(safe(key), safe(value if isinstance(value, str) else json.dumps(value)))
         out.print(meta)
         tensors = Table("tensor", "dtype", "shape")
         for name, info in doc["tensors"].items():
-            tensors.add_row(name, info["dtype"], "x".join(map(str, info["shape"])) or "scalar")
+            tensors.add_row(safe(name), safe(info["dtype"]), safe("x".join(map(str, info["shape"])) or "scalar"))
         out.print(tensors)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .output import out, print_json
+from .output import out, print_json, safe
 
 
 class Kind(str, Enum):
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         if kind == Kind.strategies:
             table.add_column("params (ViT-B/16, no head)", justify="right")
         for row in rows:
-            cells = [row["name"], row["description"]]
+            cells = [safe(row["name"]), safe(row["description"])]
             if kind == Kind.strategies:
                 cells.append(f"{row['params_vitb16']:,}" if row["params_vitb16"] is not None else "?")
             table.add_row(*cells)

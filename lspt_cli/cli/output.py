@@ -107,8 +107,9 @@ def progress_enabled(json_mode: bool = False, quiet: bool = False) -> bool:
 
 
 def info(message: str, quiet: bool = False) -> None:
+    """A log line on stderr; it may quote file contents, so it is never markup or control codes."""
     if not quiet:
-        err.print(message)
+        err.print(printable(message, newlines=True), markup=False, highlight=False)
 
 
 def complete_from(kind: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .output import out, print_json
+from .output import out, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
@@ -18,4 +18,4 @@ def register(app: typer.Typer) -> None:
             print_json({kind: {"path": str(p), "source": src} for kind, (p, src) in resolved.items()})
             return
         for kind, (p, src) in resolved.items():
-            out.print(f"{kind:<7}{p}  [dim]({src})[/]")
+            out.print(f"{kind:<7}{safe(p)}  [dim]({safe(src)})[/]")

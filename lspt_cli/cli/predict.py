@@ -12,7 +12,7 @@ from typing import List
 import typer
 
 from ..errors import UsageError
-from .output import out, print_json
+from .output import out, print_json, safe
 
 
 def split_arguments(paths: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
             print_json(results)
             return
         for bundle_path, per_image in results.items():
-            out.print(f"[bold]{bundle_path}[/]")
+            out.print(f"[bold]{safe(bundle_path)}[/]")
             for image, preds in per_image.items():
-                top = ", ".join(f"{p['label']} {100 * p['probability']:.1f}%" for p in preds)
-                out.print(f"  {image}: {top}")
+                top = ", ".join(f"{safe(p['label'])} {100 * p['probability']:.1f}%" for p in preds)
+                out.print(f"  {safe(image)}: {top}")

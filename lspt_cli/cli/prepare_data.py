@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from .output import complete_from, err, out, print_json, progress_enabled
+from .output import complete_from, err, out, print_json, progress_enabled, safe
 
 
 def register(app) -> None:
@@ -72,8 +72,7 @@ def run_prepare(
 ) -> dict[str, Any]:
     from ..data.manifest import TaskNotFound, check_task_id, save_manifest, task_dir
     from ..errors import DataError, UsageError
-    from ..plugins import get_host
-    from ..specs import resolve_factory
+    from ..plugins import call_prepare, get_host
 
     host = get_host()
     specs, grouped = _resolve_specs(host, task)
@@ -100,7 +99,7 @@ def run_prepare(
         out_dir = task_dir(task_id)
         try:
             options = {"group": True} if grouped else {}
-            result = resolve_factory(spec.prepare)(root if spec.needs_root else None, out_dir, **options)
+            result = call_prepare(spec, root if spec.needs_root else None, out_dir, **options)
         except TaskNotFound as exc:
             if grouped:
                 skipped.append({"task": spec.name, "reason": exc.message.splitlines()[0]})
@@ -157,7 +156,7 @@ def run_prepare(
             doc["cache"] = cache_doc
         docs.append(doc)
     if skipped and not quiet:
-        err.print(f"Note: {len(skipped)} task(s) not found under {root}: " + ", ".join(s["task"] for s in skipped))
+        err.print(f"Note: {len(skipped)} task(s) not found under {safe(root)}: " + safe(", ".join(s["task"] for s in skipped)))
     return {"tasks": docs, "skipped": skipped}
 
 
@@ -201,7 +200,7 @@ def _print_tables(doc: dict[str, Any]) -> None:
 
     for t in doc["tasks"]:
         state = "written" if t["changed"] else "unchanged"
-        table = Table(title=f"{t['task']} ({t['benchmark']}, {t['num_classes']} classes): {state} {t['manifest']}", title_justify="left")
+        table = Table(title=f"{safe(t['task'])} ({safe(t['benchmark'])}, {t['num_classes']} classes): {state} {safe(t['manifest'])}", title_justify="left")
         table.add_column("split")
         table.add_column("images", justify="right")
         table.add_column("classes", justify="right")
@@ -209,7 +208,7 @@ def _print_tables(doc: dict[str, Any]) -> None:
             counts = t["splits"].get(split)
             if counts is not None:
                 table.add_row(split, str(counts["images"]), str(counts["classes"]))
-        table.caption = f"splits: {t['split_source']}"
+        table.caption = f"splits: {safe(t['split_source'])}"
         table.caption_justify = "left"
         out.print(table)
         if "verify" in t:
@@ -218,10 +217,10 @@ def _print_tables(doc: dict[str, Any]) -> None:
             c = t["cache"]
             if "path" in c:
                 out.print(
-                    f"cache: {c['path']} ({c['images']} images at {c['stored'][0]}x{c['stored'][1]}, "
+                    f"cache: {safe(c['path'])} ({c['images']} images at {c['stored'][0]}x{c['stored'][1]}, "
                     f"{c['bytes'] / 2**20:.1f} MiB{', reused' if c['reused'] else ''})"
                 )
             else:
-                out.print(f"cache: {c['note']}")
+                out.print(f"cache: {safe(c['note'])}")
     for s in doc.get("skipped", []):
-        out.print(f"skipped {s['task']}: {s['reason']}")
+        out.print(f"skipped {safe(s['task'])}: {safe(s['reason'])}")

@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from ..messages import printable
 from .output import err
 
 
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
             doc["plots"] = [str(p) for p in written]
             if not quiet:
                 err.print(f"{len(written)} training-curve plot(s) written (curves.png in each run dir)", markup=False, highlight=False)
-        text = render(doc, fmt.value)
+        text = printable(render(doc, fmt.value), newlines=True)  # task names etc. come from run files
         if output is not None:
             atomic.write_text(output, text)
             if not quiet:

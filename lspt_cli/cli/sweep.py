@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import UsageError
+from ..messages import printable
 from .output import complete_from, err, info, out, print_json, progress_enabled
 
 
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
             for note in notes:
-                err.print(f"note: {note}", markup=False, highlight=False)
+                err.print(f"note: {printable(note)}", markup=False, highlight=False)
             if not quiet:
                 err.print(f"{len(commands)} command(s) for {spec.sweep_dir}; afterwards run this sweep again "
                           "(same flags, without --plan) to select, run what is left and write sweep.json",
@@ -177,7 +178,7 @@ def register(app: typer.Typer) -> None:
                 line += f", test top-1 {fin['mean']:.2f} ± {fin['std']:.2f}% over {fin['n']} seed(s)"
             elif sel.get("point") is None:
                 line += " (" + sel.get("reason", "no selection") + ")"
-            out.print(line, markup=False)
+            out.print(printable(line), markup=False)
         if c["failed"]:
             raise typer.Exit(1)
 

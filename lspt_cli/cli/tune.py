@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 import typer
 
 from ..errors import UsageError
-from .output import complete_from, err, info, out, print_json, progress_enabled
+from .output import complete_from, err, info, out, print_json, progress_enabled, safe
 
 
 def parse_assignments(items: list[str] | None) -> dict[str, Any]:
@@ -230,11 +230,11 @@ def _run(config, run_dir: Path, *, resume: bool, log, show: bool, host) -> dict:
 def _print_summary(summary: dict) -> None:
     val = summary.get("val_top1")
     out.print(
-        f"{summary['task']} | {summary['strategy']} on {summary['backbone']}: "
+        f"{safe(summary['task'])} | {safe(summary['strategy'])} on {safe(summary['backbone'])}: "
         f"test top-1 {summary['test_top1']:.2f}% (mean per class {summary['test_mean_per_class']:.2f}%)"
         + (f", val top-1 {val:.2f}%" if val is not None else "")
         + f", epoch {summary['selected_epoch']}/{summary['epochs']}, {summary['seconds']:.1f} s, "
         f"{summary['params']['trainable']:,} trainable parameters"
     )
     if summary.get("bundle"):
-        out.print(f"bundle: {summary['bundle']} ({summary['bundle_bytes']:,} bytes)")
+        out.print(f"bundle: {safe(summary['bundle'])} ({summary['bundle_bytes']:,} bytes)")

@@ -247,8 +247,7 @@ def load_manifest(task: str, name: str | None = None) -> Manifest:
 
 def _auto_prepare(task_id: str) -> None:
     """Prepare a registered dataset that needs no root (e.g. digits) the first time it is used."""
-    from ..plugins import get_host
-    from ..specs import resolve_factory
+    from ..plugins import call_prepare, get_host
 
     host = get_host()
     if task_id not in host.datasets:
@@ -257,6 +256,6 @@ def _auto_prepare(task_id: str) -> None:
     if spec.needs_root:
         return
     out_dir = task_dir(task_id)
-    result = resolve_factory(spec.prepare)(None, out_dir)
+    result = call_prepare(spec, None, out_dir, many=True)
     for manifest in result if isinstance(result, list) else [result]:
         save_manifest(manifest)

@@ -36,7 +36,9 @@ class GradWatch:
 
 
 def dead_tensor_warning(names: list[str], steps: int, where: str) -> str:
-    shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    from ..messages import shorten_list
+
+    shown = shorten_list(names, 10)
     return (
         f"Warning: {len(names)} trainable tensor(s) got no non-zero gradient in {steps} step(s) of {where}: {shown}. "
         "They are not learning: a strategy's parameter that never reaches the tokens (PromptStrategy.start "

@@ -22,11 +22,11 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .. import atomic, bundle
+from .. import atomic, bundle, schema
 from ..errors import DataError, TrainingError, UsageError
 from ..recipes import ResolvedConfig
 from ..rundir import BEST_NAME, BUNDLE_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_into, save_checkpoint
 from .distributed import DistContext
 from .evaluate import autocast, evaluate
 from .grad_watch import GradWatch, warn_dead
@@ -312,11 +312,10 @@ class Trainer:
             self._trim_metrics(0)
             resume = False
         if resume:
-            state = load_checkpoint(self.run_dir / CHECKPOINT_NAME)
+            state = load_checkpoint(self.run_dir / CHECKPOINT_NAME, self.config)  # checked (lspt_cli/schema.py)
             if json.loads(state["meta"])["backbone"]["fingerprint"] != self.state_meta["backbone"]["fingerprint"]:
                 raise TrainingError(f"{self.run_dir}: the backbone weights differ from the ones this run started with")
-            self.model.load_trainable_state_dict(state["trainable"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            restore_into(state, self.run_dir / CHECKPOINT_NAME, self.model, self.optimizer)
             start_epoch, position, best, running = state["epoch"], state["position"], state["best"], state["running"]
             if position:
                 torch.set_rng_state(state["rng_cpu"])
@@ -363,7 +362,7 @@ class Trainer:
         path = self.run_dir / METRICS_NAME
         if not path.exists() or not self.dist.is_main:
             return
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        lines = [line for line in atomic.read_regular_text(path, "metrics log", TrainingError).splitlines() if line.strip()]
         kept = [line for line in lines if _metrics_epoch(line) <= epochs_done]
         if len(kept) != len(lines):
             with _writing(self.run_dir, METRICS_NAME):
@@ -412,8 +411,7 @@ class Trainer:
                 if not math.isfinite(loss_value):
                     raise TrainingError(
                         f"loss became {loss_value} in epoch {epoch + 1} (step {step_in_epoch + 1}); training stopped",
-                        hint=f"the last good checkpoint (end of epoch {epoch}) is intact in {self.run_dir}; "
-                        "lower --lr or keep --grad-clip on",
+                        hint=_nan_hint(self.run_dir, epoch),
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -470,7 +468,7 @@ class Trainer:
         else:
             selected_epoch = self.cfg.epochs
         test = self._evaluate("test")
-        records = [json.loads(line) for line in (self.run_dir / METRICS_NAME).read_text().splitlines()] if self.dist.is_main else []
+        records = schema.metrics_records(self.run_dir / METRICS_NAME) if self.dist.is_main else []
         metrics = {
             "selected_epoch": selected_epoch,
             "selection": "last epoch (train+val)" if self.config.final else "best val top-1",
@@ -518,13 +516,20 @@ def running_state(loss_sum: float, correct: int, seen: int, seconds: float) -> d
     return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": seconds}
 
 
+def _nan_hint(run_dir: Path, epoch: int) -> str:
+    """What is left after a non-finite loss: name the checkpoint only when there is one."""
+    if (run_dir / CHECKPOINT_NAME).exists():
+        kept = f"the last good checkpoint ({run_dir / CHECKPOINT_NAME}, {epoch} epoch(s) done) is intact"
+    else:
+        kept = "no checkpoint was written before it (nothing to resume)"
+    return f"{kept}; start again with a lower --lr, or keep --grad-clip on"
+
+
 def read_run_config(run_dir: Path) -> ResolvedConfig:
+    """The config of the run in RUN_DIR (every field checked: lspt_cli/schema.py)."""
     path = Path(run_dir) / CONFIG_NAME
-    if not path.exists():
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"{run_dir}: no such run directory")
+    if not path.exists() and not path.is_symlink():
         raise UsageError(f"{run_dir}: not an lspt run directory (no {CONFIG_NAME})")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UsageError(f"{path}: corrupt run config ({exc})") from None
-    data.pop("meta", None), data.pop("params", None)
-    return ResolvedConfig.from_json(data)
+    return schema.run_config(path)
