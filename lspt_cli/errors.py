@@ -44,6 +44,11 @@ class ConfigError(UsageError):
     """A recipe or option value is malformed (exit code 2)."""
 
 
+class RunFileError(LsptError):
+    """A file lspt wrote and reads back (config.json, checkpoint.pt, metrics.jsonl, summary.json) is
+    missing, malformed or does not belong to the run (lspt_cli/schema.py)."""
+
+
 class TrainingError(LsptError):
     """Training could not continue (e.g. a NaN loss); the last good checkpoint is kept."""
 

@@ -7,6 +7,7 @@ killed or interrupted run exactly where its last checkpoint left it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -95,6 +96,7 @@ class EpochProgress:
 def register(app: typer.Typer) -> None:
     @app.command("tune")
     def tune(
+        ctx: typer.Context,
         backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone name (lspt list backbones).", autocompletion=complete_from("backbone")),
         task: Optional[str] = typer.Option(None, "--task", "-t", help="Task (lspt list datasets; prepare it first).", autocompletion=complete_from("dataset")),
         strategy: str = typer.Option("lspt", "--strategy", "-s", help="Prompt strategy.", autocompletion=complete_from("strategy")),
@@ -134,7 +136,7 @@ def register(app: typer.Typer) -> None:
         if resume is not None:
             from ..engine.train import read_run_config
 
-            config = read_run_config(resume)
+            config = _resume_config(ctx, read_run_config(resume), device=device, num_workers=num_workers, threads=threads)
             run_dir = resume
         else:
             if not backbone or not task:
@@ -160,15 +162,37 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             print_json({**config.to_json(), "run_dir": str(run_dir)})
             return
-        if resume is None:
-            _check_fresh_run_dir(run_dir, allow_existing)
-        summary = run_tune(config, run_dir, resume=resume is not None, json_=json_, quiet=quiet, host=host)
+        summary = run_tune(config, run_dir, resume=resume is not None, json_=json_, quiet=quiet, host=host,
+                           allow_existing=allow_existing)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
             return
         if json_:
             print_json(summary)
         else:
             _print_summary(summary)
+
+
+# What `--resume` may change: where and how fast the run continues, never what it computes.
+RESUME_OPTIONS = {"resume", "device", "num_workers", "threads", "json_", "quiet", "dry_run"}
+
+
+def _resume_config(ctx, config, **changes):
+    """The recorded config of a resumed run, with --device/--num-workers/--threads applied.
+
+    Any other option on the command line is refused rather than silently ignored: changing e.g.
+    --epochs would change the lr schedule of the epochs already done."""
+    import dataclasses
+
+    given = [p.opts[0] for p in ctx.command.params if p.name not in RESUME_OPTIONS
+             and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"]
+    if given:
+        raise UsageError(
+            f"--resume continues a run with the options it started with; {', '.join(given)} cannot be changed",
+            hint="only --device, --num-workers and --threads may change; start a new run (--out DIR) for other options",
+        )
+    config.train = dataclasses.replace(config.train, **{k: v for k, v in changes.items() if v is not None})
+    config.train.validate("--resume")
+    return config
 
 
 def _check_fresh_run_dir(run_dir: Path, allow_existing: bool) -> None:
@@ -188,18 +212,28 @@ def _check_fresh_run_dir(run_dir: Path, allow_existing: bool) -> None:
             (run_dir / name).unlink(missing_ok=True)
 
 
-def run_tune(config, run_dir: Path, *, resume: bool, json_: bool, quiet: bool, host) -> dict:
-    """Run training with progress on stderr; Ctrl-C -> checkpoint + exit 130."""
-    from ..engine.train import check_writable
+def run_tune(config, run_dir: Path, *, resume: bool, json_: bool, quiet: bool, host, allow_existing: bool = False) -> dict:
+    """Run training with progress on stderr; Ctrl-C -> checkpoint + exit 130.
 
+    The run dir is locked for the whole run (lspt_cli/locks.py): a second `--out D` or `--resume D`
+    while D trains is refused naming the pid; under torchrun rank 0 holds the lock for all ranks."""
+    from ..engine.train import check_writable
+    from ..locks import hold
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: --out must be a directory")
     created = not run_dir.exists()
     log = (lambda message: None) if (quiet or json_) else (lambda message: info(message))
     show = progress_enabled(json_, quiet)
+    lock = hold(run_dir, "run directory") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:
-        check_writable(run_dir)
-        if not resume:
-            log(f"Run directory: {run_dir}")
-        return _run(config, run_dir, resume=resume, log=log, show=show, host=host)
+        with lock:
+            if not resume:  # under the lock: a run that started meanwhile is seen here
+                _check_fresh_run_dir(run_dir, allow_existing)
+            check_writable(run_dir)
+            if not resume:
+                log(f"Run directory: {run_dir}")
+            return _run(config, run_dir, resume=resume, log=log, show=show, host=host)
     except BaseException:
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that failed before writing anything leaves no empty directory

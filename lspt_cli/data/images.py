@@ -1,14 +1,18 @@
 """Opening images: any mode becomes 8-bit RGB; anything unreadable is a DataError naming the path.
 
-Training never skips an image silently: a zero-byte, truncated or corrupt file, or a path that is a
-directory, stops with the path in the message.
+Training never skips an image silently: a zero-byte, truncated or corrupt file, a path that is a
+directory or a special file (a FIFO would hang the reader), or a decompression bomb (more pixels than
+PIL's MAX_IMAGE_PIXELS: its warning is turned into this error, never printed) stops with the path in
+the message. Every command opens images through `load_image`.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
+from .. import atomic
 from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -43,19 +47,44 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
+def _pil():
+    """PIL's Image module, with its decompression-bomb warning made an exception (process-wide,
+    set once: `warnings.catch_warnings` is not thread-safe and --verify decodes in threads)."""
+    from PIL import Image
+
+    global _BOMB_FILTER_SET
+    if not _BOMB_FILTER_SET:
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        _BOMB_FILTER_SET = True
+    return Image
+
+
+_BOMB_FILTER_SET = False
+
+
 def load_image(path: str | os.PathLike):
     """Open, fully decode and convert to RGB; DataError naming the path on any failure."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
+    Image = _pil()
     path = Path(path)
     if path.is_dir():
         raise DataError(f"image path is a directory, not an image file: {path}")
+    fh = atomic.open_regular(path, "image file", DataError)  # a FIFO or device: DataError, never a hang
     try:
-        with Image.open(path) as img:
+        with fh, Image.open(fh) as img:
             img.load()
             rgb = to_rgb(img)
             if rgb is img:
                 rgb = img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(
+            f"image {path} is too large to decode safely ({exc})".replace("\n", " "),
+            hint="resize it below PIL's limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,} pixels, or remove it from the dataset",
+        ) from None
+    except MemoryError:
+        raise DataError(f"image {path} does not fit in memory when decoded") from None
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
