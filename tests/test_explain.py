@@ -107,3 +107,45 @@ def test_linear_bundle_has_no_prompt_map(cli, tmp_path):
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(image)
     doc = json.loads(cli("explain", str(tmp_path / "run" / "bundle.safetensors"), str(image), "-o", str(tmp_path / "o"), "--json").stdout)
     assert set(doc[0]["files"]) == {"rollout-cls", "gradcam"}
+
+
+@pytest.mark.parametrize("name", ["vpt-shallow", "vpt-deep", "gapt", "lspt"])
+def test_prompts_sit_right_after_the_prefix(tiny_backbone, name):
+    """Block 1 sees [CLS, P_1..P_n, patches]: what explain's maps (prompt rows, last n = patches) assume.
+    A strategy that moved its prompts elsewhere (e.g. consistently to the end) has the same logits but
+    wrong prompt and patch maps, so the position is pinned here, for every block of VPT-deep."""
+    strategy = build_strategy(name, tiny_backbone.dims, {"num_prompts": 3})
+    model = PromptedViT(tiny_backbone, strategy, 10).eval()
+    images = torch.randn(2, 3, 32, 32)
+    inputs, handles = [], [b.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach()))
+                           for b in tiny_backbone.blocks]
+    with torch.no_grad():
+        model(images)
+        embedded = tiny_backbone.embed(images)
+    for h in handles:
+        h.remove()
+    prefix = tiny_backbone.dims.num_prefix_tokens
+    first = inputs[0]
+    assert prefix == 1 and first.shape == (2, 1 + 3 + 16, 64)
+    prompts = strategy.prompts[0] if name == "vpt-deep" else strategy.prompts
+    assert torch.equal(first[:, :prefix], embedded[:, :prefix])
+    assert torch.equal(first[:, prefix : prefix + 3], prompts.expand(2, -1, -1))
+    assert torch.equal(first[:, prefix + 3 :], embedded[:, prefix:])
+    if name == "vpt-deep":  # every block: fresh prompts in the same slots
+        for index, x in enumerate(inputs):
+            assert torch.equal(x[:, prefix : prefix + 3], strategy.prompts[index].expand(2, -1, -1))
+
+
+def test_rollout_multiplies_later_blocks_on_the_left():
+    """Two blocks, three tokens, by hand: A' = (A + I) / 2 (rows already sum to 1), R = A2' A1'."""
+    a1 = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    a2 = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    p1 = [[1.0, 0.0, 0.0], [0.25, 0.75, 0.0], [0.0, 0.0, 1.0]]
+    p2 = [[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5]]
+    expected = torch.tensor([[sum(p2[i][k] * p1[k][j] for k in range(3)) for j in range(3)] for i in range(3)])
+    # e.g. row 0: 0.5 * [1, 0, 0] + 0.5 * [0.25, 0.75, 0] = [0.625, 0.375, 0]
+    assert torch.allclose(expected[0], torch.tensor([0.625, 0.375, 0.0]))
+    r, start = rollout([a1.unsqueeze(0), a2.unsqueeze(0)])
+    assert start == 0 and torch.allclose(r[0], expected)
+    wrong_order = torch.tensor(p1) @ torch.tensor(p2)
+    assert not torch.allclose(wrong_order, expected)  # the toy tells the two orders apart
