@@ -129,7 +129,10 @@ def handle_exception(exc: BaseException) -> int:
 def _lspt_dir_hint(filename: str) -> str | None:
     """A hint when a failing path lies in one of lspt's own dirs: say which rule chose that dir."""
     for kind in paths.KINDS:
-        directory, source = paths.resolve(kind)
+        try:
+            directory, source = paths.resolve(kind)
+        except Exception:  # reporting an error must never raise another
+            return None
         if filename == str(directory) or filename.startswith(str(directory) + os.sep):
             return f"the {kind} dir {directory} comes from {source}; it must be a writable directory"
     return None
@@ -180,7 +183,9 @@ def create_app(load_plugins: bool = True) -> typer.Typer:
         help="Visual prompt tuning (VPT, GaPT, LSPT) for frozen self-supervised ViTs.",
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        rich_markup_mode="rich",
+        # Click's plain help: no boxes, no `<bool>` placeholders, option names never cut off, and
+        # `[default: ...]` after every described option (tests/test_frictions.py)
+        rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 
