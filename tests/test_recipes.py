@@ -105,10 +105,18 @@ def test_paper_recipes_follow_the_protocol(path):
     if data["match"]["backbone"] not in PAPER_BACKBONES:
         return
     train = data["train"]
+    assert train["protocol"] == "paper"
     assert (train["epochs"], train["warmup_epochs"], train["optimizer"], train["momentum"]) == (100, 10, "sgd", 0.9)
-    assert train["batch_size"] == {"fgvc": 64, "vtab": 128}[data["match"]["benchmark"]]
-    assert data["grid"]["weight_decay"] == [0.01, 0.001, 0.0001, 0.0]
-    assert min(data["grid"]["lr"]) == 0.05 and max(data["grid"]["lr"]) == 5.0
+    if data["match"]["strategy"] == "linear":  # VPT's configs/base-linear.yaml:25
+        assert train["batch_size"] == 1024
+    else:
+        assert train["batch_size"] == {"fgvc": 64, "vtab": 128}[data["match"]["benchmark"]]
+    if data["match"]["strategy"] in ("gapt", "lspt"):  # GaPT's run.sh: wd 0.0, lr as given, GaPT's lr range
+        assert train["weight_decay"] == 0.0 and "weight_decay" not in data["grid"] and train["lr_scaling"] == "none"
+        assert min(data["grid"]["lr"]) == 0.05 and max(data["grid"]["lr"]) == 5.0
+    else:  # VPT's tune scripts: wd grid, lr grid up to 50, x batch/256
+        assert data["grid"]["weight_decay"] == [0.01, 0.001, 0.0001, 0.0] and train["lr_scaling"] == "batch/256"
+        assert max(data["grid"]["lr"]) == 50.0
     if data["match"]["strategy"] == "lspt":
         assert "GaPT" in path.read_text(encoding="utf-8").splitlines()[0]  # says what it inherits
 

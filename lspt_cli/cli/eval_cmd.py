@@ -17,13 +17,13 @@ def register(app: typer.Typer) -> None:
         bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="A .safetensors prompt bundle."),
         task: Optional[str] = typer.Option(None, "--task", "-t", help="Task (default: the bundle's).", autocompletion=complete_from("dataset")),
         split: str = typer.Option("test", "--split", help="train, val, test or trainval."),
-        weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file."),
+        weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file.  [default: the file the bundle was trained with, else the cache dir's]"),
         allow_backbone_mismatch: bool = typer.Option(False, "--allow-backbone-mismatch", help="Load even if the backbone fingerprint differs."),
-        batch_size: int = typer.Option(64, "--batch-size", min=1),
-        device: str = typer.Option("auto", "--device"),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per evaluation batch."),
+        device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
         fail_under: Optional[float] = typer.Option(None, "--fail-under", help="Exit with code 3 when top-1 (%) is below this."),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
-        quiet: bool = typer.Option(False, "--quiet", "-q"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     ):
         """Top-1, per-class and mean per-class accuracy of BUNDLE on a task split."""
         from ..data.loader import build_loader

@@ -19,9 +19,9 @@ def register(app: typer.Typer) -> None:
         bundle: Path = typer.Argument(..., metavar="BUNDLE", help="A prompt bundle (.safetensors)."),
         images: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Images to explain."),
         out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs (created if missing)."),
-        weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file."),
-        allow_backbone_mismatch: bool = typer.Option(False, "--allow-backbone-mismatch"),
-        device: str = typer.Option("auto", "--device"),
+        weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file.  [default: the file the bundle was trained with, else the cache dir's]"),
+        allow_backbone_mismatch: bool = typer.Option(False, "--allow-backbone-mismatch", help="Load even if the backbone fingerprint differs."),
+        device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ):
         """PNG overlays of where the prompted model looks (rollout from CLS and from the prompts,

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         source: Path = typer.Argument(..., metavar="RUN_DIR|CHECKPOINT|BUNDLE"),
         output: Path = typer.Option(..., "--output", "-o", help="Where to write the .safetensors bundle."),
         format_: str = typer.Option("bundle", "--format", help="bundle (small safetensors) or pt2 (standalone torch.export program incl. the backbone)."),
-        weights: Path = typer.Option(None, "--weights", help="Backbone weights (for --format pt2)."),
+        weights: Path = typer.Option(None, "--weights", help="Backbone weights (for --format pt2).  [default: the run's file, else the cache dir's]"),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ):
         """Export a run's trained prompts + head as a small safetensors bundle (never the backbone).

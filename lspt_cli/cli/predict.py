@@ -71,11 +71,11 @@ def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
         paths: List[Path] = typer.Argument(..., metavar="BUNDLE... IMAGE...", help="Bundles (.safetensors) then images."),
-        top_k: int = typer.Option(5, "--top-k", "-k", min=1),
-        weights: Path = typer.Option(None, "--weights", help="Backbone weights file."),
-        allow_backbone_mismatch: bool = typer.Option(False, "--allow-backbone-mismatch"),
-        batch_size: int = typer.Option(32, "--batch-size", min=1),
-        device: str = typer.Option("auto", "--device"),
+        top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many labels to print per image."),
+        weights: Path = typer.Option(None, "--weights", help="Backbone weights file.  [default: the file the bundle was trained with, else the cache dir's]"),
+        allow_backbone_mismatch: bool = typer.Option(False, "--allow-backbone-mismatch", help="Load even if the backbone fingerprint differs."),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
+        device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ):
         """Classify images with one or more bundles (bundles sharing a backbone run in one pass)."""

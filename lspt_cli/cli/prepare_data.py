@@ -24,7 +24,7 @@ def register(app) -> None:
             ..., metavar="TASK", help="A dataset (cub, vtab/dtd, imagefolder, digits, ...) or 'vtab' for all 19 VTAB-1k tasks.",
             autocompletion=complete_from("dataset"),
         ),
-        root: Optional[Path] = typer.Option(None, "--root", help="Where you extracted the dataset (its official layout)."),
+        root: Optional[Path] = typer.Option(None, "--root", help="Where you extracted the dataset (its official layout); required unless the dataset is generated (digits)."),
         name: Optional[str] = typer.Option(None, "--name", help="Task id to prepare it as (default: the dataset name); `lspt tune --task ID`."),
         verify: bool = typer.Option(False, "--verify", help="Open every image; report the corrupt ones by path."),
         cache: bool = typer.Option(False, "--cache", help="Decode every image once into a memory-mapped uint8 cache for --input-size."),

@@ -28,8 +28,8 @@ def register(app: typer.Typer) -> None:
         path: Path = typer.Argument(..., metavar="RUNS_OR_SWEEP_DIR", help="A run dir, a sweep dir or any folder of runs (searched recursively)."),
         fmt: Format = typer.Option(Format.md, "--format", "-f", help="md (tables), csv (long format) or json."),
         plots: bool = typer.Option(False, "--plots", help="Also write curves.png (loss, val accuracy, lr) in every run dir (needs lspt[plots])."),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to FILE instead of stdout."),
-        quiet: bool = typer.Option(False, "--quiet", "-q"),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to FILE.  [default: stdout]"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No notes on stderr."),
     ):
         """Tables of test top-1 (mean ± std over seeds) next to the papers' numbers."""
         from .. import atomic

@@ -16,6 +16,7 @@ import typer
 from ..errors import UsageError
 from ..messages import printable
 from .output import complete_from, err, info, out, print_json, progress_enabled
+from .train_help import train_help
 
 
 def default_sweep_dir(tasks: list[str], strategy: str, backbone: str) -> Path:
@@ -39,27 +40,27 @@ def register(app: typer.Typer) -> None:
         out_dir: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default: under the data dir; the same command resumes it)."),
         plan_only: bool = typer.Option(False, "--plan", help="Print one `lspt tune` command per trial to run, run nothing."),
         finals: bool = typer.Option(True, "--finals/--no-finals", help="Run the selected point on train+val with every seed."),
-        weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file."),
-        recipe: Optional[Path] = typer.Option(None, "--recipe", help="A TOML recipe overriding the built-in one."),
+        weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file.  [default: the backbone's file in <cache dir>/weights (lspt paths)]"),
+        recipe: Optional[Path] = typer.Option(None, "--recipe", help="A TOML recipe overriding the built-in one.  [default: none: the built-in recipe]"),
         protocol: Optional[str] = typer.Option(None, "--protocol", help="paper (default) or lspt, for every trial (README \"Protocol\")."),
-        epochs: Optional[int] = typer.Option(None, "--epochs"),
-        warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs"),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Pin lr (drops it from the recipe's grid)."),
-        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", "--wd", help="Pin weight decay."),
-        optimizer: Optional[str] = typer.Option(None, "--optimizer"),
-        grad_clip: Optional[float] = typer.Option(None, "--grad-clip"),
-        amp: Optional[str] = typer.Option(None, "--amp"),
-        schedule: Optional[str] = typer.Option(None, "--schedule", help="per-epoch or per-step."),
-        head_init: Optional[str] = typer.Option(None, "--head-init", help="kaiming or normal."),
-        ddp_batch: Optional[str] = typer.Option(None, "--ddp-batch", help="split or per-rank."),
-        lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="none or batch/256."),
-        num_workers: Optional[int] = typer.Option(None, "--num-workers"),
-        device: Optional[str] = typer.Option(None, "--device"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per trial (0 = one per core)."),
-        set_: Optional[List[str]] = typer.Option(None, "--set", help="Strategy option KEY=VALUE for every trial (repeatable)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help=train_help("epochs")),
+        warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help=train_help("warmup_epochs")),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help=train_help("batch_size")),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Pin lr (drops it from the recipe's grid).  [default: the grid's values]"),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", "--wd", help="Pin weight decay (drops it from the recipe's grid).  [default: the grid's values]"),
+        optimizer: Optional[str] = typer.Option(None, "--optimizer", help=train_help("optimizer")),
+        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help=train_help("grad_clip")),
+        amp: Optional[str] = typer.Option(None, "--amp", help=train_help("amp")),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help=train_help("schedule")),
+        head_init: Optional[str] = typer.Option(None, "--head-init", help=train_help("head_init")),
+        ddp_batch: Optional[str] = typer.Option(None, "--ddp-batch", help=train_help("ddp_batch")),
+        lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help=train_help("lr_scaling")),
+        num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
+        device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per trial (0 = one per core).  [default: the recipe's, else 0]"),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help="Strategy option KEY=VALUE for every trial (repeatable).  [default: the recipe's, else the strategy's]"),
         json_: bool = typer.Option(False, "--json", help="Print sweep.json's document on stdout."),
-        quiet: bool = typer.Option(False, "--quiet", "-q"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or logs on stderr."),
     ):
         """Search a hyper-parameter grid on val, select per task, then run the finals with every seed."""
         from .. import paths
