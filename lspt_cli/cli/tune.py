@@ -161,7 +161,7 @@ def register(app: typer.Typer) -> None:
             host.strategies.get(strategy).options(config.strategy_config)  # before any training
             run_dir = out_dir or default_run_dir(task, strategy, backbone)
         if dry_run:
-            print_json({**config.to_json(), "run_dir": str(run_dir)})
+            print_json({**config.to_json(), "lr_trained": config.train.scaled_lr, "run_dir": str(run_dir)})
             return
         summary = run_tune(config, run_dir, resume=resume is not None, json_=json_, quiet=quiet, host=host,
                            allow_existing=allow_existing)
