@@ -20,7 +20,8 @@ from .errors import BundleError
 from .messages import shorten_list
 
 SCHEMA_VERSION = 1
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a bundle's header is a few KiB (safetensors allows 100 MiB)
+MAX_BUNDLE_BYTES = 4 * 2**30  # prompts + head; a bigger "bundle" is not one
 DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
     "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8,
@@ -97,7 +98,7 @@ def read_header(path: str | Path) -> BundleHeader:
     if path.is_dir():
         raise BundleError(f"{path}: is a directory, expected a .safetensors bundle")
     size = path.stat().st_size
-    with open(path, "rb") as fh:
+    with atomic.open_regular(path, "bundle file", BundleError, MAX_BUNDLE_BYTES) as fh:  # never a FIFO/device
         prefix = fh.read(8)
         if len(prefix) < 8:
             raise BundleError(f"{path}: not a safetensors file (only {size} bytes; truncated?)")
@@ -234,7 +235,8 @@ def load(path: str | Path) -> Bundle:
 
     header = read_header(path)
     try:
-        tensors = st_load(Path(path).read_bytes())
+        with atomic.open_regular(path, "bundle file", BundleError, MAX_BUNDLE_BYTES) as fh:
+            tensors = st_load(fh.read())
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise BundleError(f"{path}: unreadable safetensors data ({exc})") from None
     return Bundle(header=header, tensors=tensors)

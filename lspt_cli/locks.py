@@ -37,10 +37,11 @@ def holder_pid(lock_path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def hold(directory: str | os.PathLike, what: str, hint: str | None = None) -> Iterator[Path]:
+def hold(directory: str | os.PathLike, what: str, hint: str | None = None, wait: float = 0) -> Iterator[Path]:
     """Hold the lock of `directory` (created if missing) for the duration of the block.
 
-    LockedError naming the holder's pid when another process holds it."""
+    LockedError naming the holder's pid when another process holds it (after `wait` seconds: only
+    for short jobs such as preparing a task on first use; runs never wait)."""
     from filelock import FileLock, Timeout
 
     directory = Path(directory)
@@ -51,9 +52,9 @@ def hold(directory: str | os.PathLike, what: str, hint: str | None = None) -> It
     if not directory.is_dir():
         raise LsptError(f"{directory}: the {what} is not a directory")
     path = directory / LOCK_NAME
-    lock = FileLock(str(path), timeout=0)
+    lock = FileLock(str(path), timeout=wait)
     try:
-        lock.acquire(blocking=False)
+        lock.acquire(timeout=wait, blocking=wait > 0)
     except Timeout:
         pid = holder_pid(path)
         who = f"pid {pid}" if pid else "an unknown pid"

@@ -125,6 +125,8 @@ def parse_recipe_text(text: str, where: str) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: malformed TOML ({exc})") from None
+    except RecursionError:  # e.g. an array nested 5000 deep
+        raise ConfigError(f"{where}: malformed TOML (nested too deeply)") from None
     unknown = set(data) - RECIPE_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key '{sorted(unknown)[0]}'; allowed: {', '.join(sorted(RECIPE_KEYS))}")
@@ -152,22 +154,26 @@ def parse_recipe_text(text: str, where: str) -> dict[str, Any]:
     return data
 
 
+MAX_RECIPE_BYTES = 1 * 2**20  # a recipe is a few hundred bytes; /dev/zero or a huge file is refused
+
+
+def read_recipe_text(path: str | Path) -> str:
+    """A recipe's text: a regular UTF-8 file of at most MAX_RECIPE_BYTES (a FIFO never hangs)."""
+    from .atomic import read_regular_text
+
+    return read_regular_text(path, "recipe file", ConfigError, MAX_RECIPE_BYTES)
+
+
 def load_recipe_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: recipe file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read recipe ({exc})") from None
-    return parse_recipe_text(text, str(path))
+    return parse_recipe_text(read_recipe_text(path), str(path))
 
 
 def spec_from_file(path: Path) -> RecipeSpec:
     data = load_recipe_file(path)
     match = data.get("match", {})
     source = ""
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_recipe_text(path).splitlines():
         if line.startswith("# Source:"):
             source = line[len("# Source:") :].strip()
             break

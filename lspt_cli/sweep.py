@@ -91,8 +91,24 @@ def parse_grid(items: Iterable[str] | None) -> dict[str, list]:
             raise UsageError(f"--grid expects KEY=V1,V2,..., got {item!r}", hint="e.g. --grid lr=0.05,0.1,0.25 --grid wd=0,1e-4")
         if key in grid:
             raise UsageError(f"--grid {key} given twice")
+        _check_grid_values(key, values)
         grid[key] = list(dict.fromkeys(values))  # keep order, drop duplicates
     return grid
+
+
+def _check_grid_values(key: str, values: list) -> None:
+    """Training values of a grid have their TrainConfig types (`--grid lr=abc` is a usage error
+    naming the value, not a command line with `--lr abc`); strategy keys are checked by the strategy."""
+    from .errors import ConfigError
+    from .recipes import TrainConfig, coerce_train_values
+
+    if key not in TrainConfig.keys():
+        return
+    for value in values:
+        try:
+            coerce_train_values({key: value}, "--grid")
+        except ConfigError as exc:
+            raise UsageError(exc.message, hint="e.g. --grid lr=0.05,0.1,0.25 --grid wd=0,1e-4") from None
 
 
 def parse_seeds(text: str | None) -> list[int]:
@@ -379,18 +395,25 @@ def select_best(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 # -- running --------------------------------------------------------------------------------------
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The trial's checked summary.json (lspt_cli/schema.py), None when missing or malformed."""
+    from . import schema
+
     try:
-        return json.loads((Path(run_dir) / SUMMARY_NAME).read_text())
-    except (OSError, ValueError):
+        return schema.summary(Path(run_dir) / SUMMARY_NAME)
+    except LsptError:
         return None
 
 
 def config_mismatch(trial: Trial) -> str | None:
     """A difference between the run already in the trial's directory and what the trial asks for."""
+    from . import schema
+
     try:
-        existing = json.loads((trial.run_dir / CONFIG_NAME).read_text())
-    except (OSError, ValueError):
+        existing = schema.load_json_file(trial.run_dir / CONFIG_NAME, "run config")
+    except LsptError:
         return None
+    if not isinstance(existing, dict) or not isinstance(existing.get("train", {}), dict):
+        return "its config.json is malformed"
     wanted = trial.config.to_json()
     for key in ("backbone", "strategy", "task", "final"):
         if existing.get(key) != wanted.get(key):
@@ -439,13 +462,16 @@ def run_in_process(trial: Trial, host) -> tuple[str, dict | None, str | None]:
     """(outcome, summary, error) of one trial run in this process (Ctrl-C propagates)."""
     from .engine.train import Interrupted, Trainer, check_writable
 
+    from .locks import hold
+
     state = trial.state()
-    if state == "stale":
-        for name in RUN_FILES:
-            (trial.run_dir / name).unlink(missing_ok=True)
     try:
-        check_writable(trial.run_dir)
-        summary = Trainer(trial.config, trial.run_dir, host=host).run(resume=state == "partial")
+        with hold(trial.run_dir, "run directory"):  # another sweep on the same trial: refused, pid named
+            if state == "stale":
+                for name in RUN_FILES:
+                    (trial.run_dir / name).unlink(missing_ok=True)
+            check_writable(trial.run_dir)
+            summary = Trainer(trial.config, trial.run_dir, host=host).run(resume=state == "partial")
     except Interrupted:
         raise
     except LsptError as exc:
@@ -527,7 +553,15 @@ class Sweep:
 
     # -- orchestration --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.spec.sweep_dir.mkdir(parents=True, exist_ok=True)
+        """The whole sweep, holding the sweep dir's lock: a second sweep on it is refused (its pid named)."""
+        from .locks import hold
+
+        if self.spec.sweep_dir.exists() and not self.spec.sweep_dir.is_dir():
+            raise UsageError(f"{self.spec.sweep_dir}: --out must be a directory (it is a file)")
+        with hold(self.spec.sweep_dir, "sweep directory"):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         grid_trials = build_grid_trials(self.spec, self.host)
         for task in self.spec.tasks:
             self.grids[task] = task_grid(self.spec, task, self.host)

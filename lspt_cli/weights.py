@@ -29,11 +29,14 @@ _MAX_LISTED = 12
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """Load a weights file's top-level object without executing arbitrary pickled code."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(
             f"weights file not found: {path}",
             hint="pass an existing file with --weights FILE",
         )
+    from .atomic import open_regular
+
+    open_regular(path, "weights file", WeightsError).close()  # a directory, FIFO or device: refused, never a hang
     if path.name.endswith(SAFETENSORS_SUFFIXES):
         try:
             from safetensors.torch import load_file

@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
         Grad-CAM of the predicted class), each next to the frozen backbone's own map."""
         from ..explain import explain_images
 
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageError(f"{out_dir}: --out must be a directory for the PNGs (it is a file)")
+
         if not bundle.is_file():
             raise UsageError(f"{bundle}: no such bundle file")
         for image in images:

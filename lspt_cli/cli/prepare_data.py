@@ -4,11 +4,17 @@ Checks a dataset's official layout, writes its split manifest atomically under t
 (`tasks/<task id>/manifest.json`) and prints class and image counts per split. The task id is
 `--name` when given, else the dataset's name. `vtab --root DIR` prepares every VTAB-1k task found
 under DIR. Any layout problem is one DataError naming the file; nothing is written then.
-No torch at import time.
+Every image must resolve inside ROOT (no absolute or '..' paths in split files; symlinks leading
+out of ROOT only with --follow-symlinks), and train, val and test must each hold images.
+The task dirs are locked while they are written (lspt_cli/locks.py); Ctrl-C exits 130 and never
+leaves a manifest or cache that looks complete. No torch at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,14 +36,20 @@ def register(app) -> None:
         cache: bool = typer.Option(False, "--cache", help="Decode every image once into a memory-mapped uint8 cache for --input-size."),
         input_size: int = typer.Option(224, "--input-size", min=8, help="Model input size the cache is made for (stores round(size/0.875) px)."),
         workers: int = typer.Option(2, "--workers", "-j", min=0, help="Processes/threads for --verify and --cache."),
+        follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Accept images that are symlinks leading outside --root."),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     ):
         """Check a dataset's layout and write its split manifest (+ an optional decoded-image cache)."""
-        doc = run_prepare(
-            task, root=root, name=name, verify=verify, cache=cache, input_size=input_size,
-            workers=workers, quiet=quiet or json_, show_progress=progress_enabled(json_, quiet),
-        )
+        try:
+            doc = run_prepare(
+                task, root=root, name=name, verify=verify, cache=cache, input_size=input_size,
+                workers=workers, quiet=quiet or json_, show_progress=progress_enabled(json_, quiet),
+                follow_symlinks=follow_symlinks,
+            )
+        except KeyboardInterrupt:
+            err.print("Interrupted: no manifest or cache was completed by this run", markup=False, highlight=False)
+            raise typer.Exit(130) from None
         if json_:
             print_json(doc)
         else:
@@ -58,7 +70,59 @@ def _resolve_specs(host, task: str):
     raise AssertionError  # pragma: no cover
 
 
-def run_prepare(
+def run_prepare(task: str, *, name: str | None = None, **options) -> dict[str, Any]:
+    """Prepare TASK holding the lock of every task dir it may write; Ctrl-C -> KeyboardInterrupt
+    before anything else is written (even one that a worker or a finaliser would swallow)."""
+    from ..data.manifest import check_task_id, task_dir
+    from ..locks import hold
+    from ..plugins import get_host
+
+    specs, _ = _resolve_specs(get_host(), task)
+    if name:
+        check_task_id(name)
+    dirs = sorted({task_dir(name or spec.name) for spec in specs})
+    made = [d for d in dirs if not d.exists()]
+    made += [d.parent for d in made if not d.parent.exists()]  # `vtab/` of vtab/dtd
+    try:
+        with contextlib.ExitStack() as stack, _interruptible():
+            for directory in dirs:
+                stack.enter_context(hold(directory, "task data directory"))
+            return _run_prepare(task, name=name, **options)
+    finally:
+        for directory in made:  # tasks a group did not find leave no empty folder behind
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: checked again before every
+    write (the DataLoader's worker shutdown can swallow the exception itself)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _INTERRUPTED.clear()
+
+    def on_sigint(signum, frame):
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_interrupted() -> None:
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
+def _run_prepare(
     task: str,
     *,
     root: Path | None = None,
@@ -69,6 +133,7 @@ def run_prepare(
     workers: int = 2,
     quiet: bool = False,
     show_progress: bool = False,
+    follow_symlinks: bool = False,
 ) -> dict[str, Any]:
     from ..data.manifest import TaskNotFound, check_task_id, save_manifest, task_dir
     from ..errors import DataError, UsageError
@@ -112,6 +177,8 @@ def run_prepare(
         if manifest.benchmark != spec.benchmark:
             manifest.benchmark = spec.benchmark
         manifest.validate()
+        manifest.check_contained(follow_symlinks)
+        _check_splits_not_empty(manifest)
         manifests.append(manifest)
     if not manifests:
         raise DataError(
@@ -136,6 +203,7 @@ def run_prepare(
     # 3. --cache (atomic), then 4. the manifests (atomic, last).
     docs = []
     for manifest in manifests:
+        _check_interrupted()
         cache_doc = None
         if cache:
             if manifest.root is None:
@@ -145,8 +213,9 @@ def run_prepare(
 
                 cache_doc = build_cache(
                     manifest, input_size=input_size, num_workers=workers,
-                    progress=_progress_callback(f"caching {manifest.task}", show_progress),
+                    progress=_checked(_progress_callback(f"caching {manifest.task}", show_progress)),
                 )
+        _check_interrupted()
         path, changed = save_manifest(manifest)
         doc = manifest.summary()
         doc.update(manifest=str(path), changed=changed, created_at=manifest.created_at)
@@ -158,6 +227,30 @@ def run_prepare(
     if skipped and not quiet:
         err.print(f"Note: {len(skipped)} task(s) not found under {safe(root)}: " + safe(", ".join(s["task"] for s in skipped)))
     return {"tasks": docs, "skipped": skipped}
+
+
+def _check_splits_not_empty(manifest) -> None:
+    """An empty train, val or test split is reported here, not at the first `lspt tune`."""
+    from ..errors import DataError
+
+    for split in ("train", "val", "test"):
+        if not manifest.splits.get(split):
+            why = " (val is carved from train: every class needs 2+ train images)" if split == "val" else ""
+            raise DataError(
+                f"task '{manifest.task}': split '{split}' has no images{why}; nothing was written",
+                hint="add images (or a val/ or test/ folder) and run prepare-data again",
+            )
+
+
+def _checked(progress):
+    """A cache progress callback that also stops at a remembered Ctrl-C (before the index is written)."""
+
+    def update(done: int, total: int) -> None:
+        _check_interrupted()
+        if progress is not None:
+            progress(done, total)
+
+    return update
 
 
 def _progress_callback(label: str, enabled: bool):

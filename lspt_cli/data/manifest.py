@@ -17,7 +17,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .. import atomic, paths
@@ -31,7 +31,8 @@ BENCHMARKS = ("fgvc", "vtab", "custom")
 # Task names accepted as another spelling of a registered task.
 TASK_ALIASES = {"vtab/cifar100": "vtab/cifar"}
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*(/[A-Za-z0-9][A-Za-z0-9_.+-]*)?$")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*(/[A-Za-z0-9][A-Za-z0-9_.+-]*)?")
+MAX_ID_PART = 128  # characters per folder name of a task id (filesystems allow 255 bytes; runs add suffixes)
 
 
 class TaskNotFound(DataError):
@@ -43,12 +44,26 @@ def canonical_task(task: str) -> str:
 
 
 def check_task_id(task_id: str) -> str:
-    if not isinstance(task_id, str) or not _ID_RE.match(task_id) or ".." in task_id:
+    """A task id is a folder name (one '/' allowed): no newline, no '..', no separators beyond that."""
+    if not isinstance(task_id, str) or not _ID_RE.fullmatch(task_id) or ".." in task_id:
         raise UsageError(
             f"invalid task id {task_id!r}",
             hint="use letters, digits, '.', '_', '-' (one '/' allowed, e.g. vtab/dtd)",
         )
+    if any(len(part) > MAX_ID_PART for part in task_id.split("/")):
+        raise UsageError(f"task id {task_id[:40]!r}... is too long (at most {MAX_ID_PART} characters per folder name)")
     return task_id
+
+
+def check_key(task: str, key: str) -> None:
+    """An image key names a file under the dataset root: relative, no '..', no NUL (split files are
+    untrusted text: `../../etc/passwd` or `/etc/passwd` must never be read or trained on)."""
+    pure = PurePosixPath(key)
+    if not key or pure.is_absolute() or ".." in pure.parts or "\0" in key or key.startswith("~"):
+        raise DataError(
+            f"task '{task}': image path {key[:200]!r} is not inside the dataset root (absolute, '..' or empty)",
+            hint="split files must name images relative to ROOT",
+        )
 
 
 @dataclass
@@ -123,11 +138,30 @@ class Manifest:
                 if key in seen:
                     raise DataError(f"task '{self.task}': duplicate image '{key}' in split '{split}'")
                 seen.add(key)
+                if self.root is not None:
+                    check_key(self.task, key)
                 if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < n:
                     raise DataError(
                         f"task '{self.task}': label {label!r} of '{key}' in split '{split}' is out of range "
                         f"[0, {n})"
                     )
+
+    def check_contained(self, follow_symlinks: bool = False) -> None:
+        """Every image resolves inside `root`: a symlink that leads out of it is refused unless
+        `follow_symlinks` (prepare-data --follow-symlinks). Keys are already relative (validate)."""
+        if self.root is None:
+            return
+        root = Path(self.root).resolve()
+        for key in self.keys():
+            check_key(self.task, key)
+            if follow_symlinks:
+                continue
+            real = (root / key).resolve()
+            if not real.is_relative_to(root):
+                raise DataError(
+                    f"task '{self.task}': {root / key} resolves to {real}, outside the dataset root {root}",
+                    hint="a symlink leaves the dataset root; pass --follow-symlinks to prepare-data if that is intended",
+                )
 
     # -- (de)serialisation -------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -195,8 +229,8 @@ def save_manifest(manifest: Manifest) -> tuple[Path, bool]:
     manifest.directory = path.parent
     if path.exists():
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            old = json.loads(atomic.read_regular_text(path, "manifest", DataError))
+        except (DataError, ValueError, RecursionError):
             old = None
         if isinstance(old, dict):
             new = manifest.to_json()
@@ -232,7 +266,7 @@ def load_manifest(task: str, name: str | None = None) -> Manifest:
     if not path.exists():
         raise _not_prepared(task_id, path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(atomic.read_regular_text(path, "manifest", DataError))
     except (OSError, ValueError, RecursionError) as exc:
         raise DataError(
             f"manifest of task '{task_id}' is unreadable: {path} ({exc})",
@@ -255,7 +289,15 @@ def _auto_prepare(task_id: str) -> None:
     spec = host.datasets.get(task_id)
     if spec.needs_root:
         return
+    from ..locks import hold
+
     out_dir = task_dir(task_id)
-    result = call_prepare(spec, None, out_dir, many=True)
-    for manifest in result if isinstance(result, list) else [result]:
-        save_manifest(manifest)
+    with hold(out_dir, "task data directory", wait=AUTO_PREPARE_WAIT):  # two first uses at once: one prepares
+        if manifest_path(task_id).exists():
+            return
+        result = call_prepare(spec, None, out_dir, many=True)
+        for manifest in result if isinstance(result, list) else [result]:
+            save_manifest(manifest)
+
+
+AUTO_PREPARE_WAIT = 120.0  # seconds a first use waits for another process preparing the same task

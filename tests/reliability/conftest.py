@@ -154,6 +154,8 @@ def assert_run_dir_whole(run_dir: Path, *, allow_temp: bool = False) -> dict[str
         name = path.name
         if allow_temp and name.startswith(".") and (name.endswith(".tmp") or name == ".lspt-write-test"):
             continue
+        if allow_temp and name == ".lspt.lock":  # the lock file of a killed run (its lock died with it)
+            continue
         assert not name.endswith(".tmp"), f"temp file left behind: {path}"
         assert name != ".lspt-write-test", f"write probe left behind: {path}"
         if name in ("config.json", "summary.json"):
