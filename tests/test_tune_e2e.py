@@ -41,8 +41,9 @@ def test_tune_writes_a_complete_run(trained):
     assert [r["epoch"] for r in records] == [1, 2]
     for key in ("train_loss", "train_acc", "val_acc", "lr", "images_per_s", "seconds"):
         assert key in records[0]
-    assert summary["test_top1"] > 10.0  # above chance (10 classes) even after 2 epochs
-    assert summary["selected_epoch"] in (1, 2) and summary["selection"] == "best val top-1"
+    best = max(r["val_acc"] for r in records)  # selection: argmax val, the earlier epoch on a tie
+    assert summary["selected_epoch"] == next(r["epoch"] for r in records if r["val_acc"] == best)
+    assert summary["val_top1"] == best and summary["selection"] == "best val top-1"
     assert summary["params"]["trainable"] == summary["params"]["strategy"] + summary["params"]["head"]
     tensors = load_file(str(run / "bundle.safetensors"))
     assert all(k.startswith(("strategy.", "head.")) for k in tensors)  # never the backbone
@@ -70,12 +71,38 @@ def test_eval_export_inspect_predict(cli, trained, tmp_path):
     assert header["metadata"]["lspt.backbone"]["name"] == "vit-tiny"
 
     image = tmp_path / "digit.png"
-    Image.new("L", (8, 8), 0).save(image)
+    Image.new("L", (8, 8), 70).save(image)
     result = cli("predict", str(exported), str(run / "bundle.safetensors"), str(image), "--top-k", "3", "--json")
     assert result.exit_code == 0, result.output
     preds = json.loads(result.stdout)
     first, second = preds[str(exported)][str(image)], preds[str(run / "bundle.safetensors")][str(image)]
     assert len(first) == 3 and first == second  # same tensors, same answer, one shared pass
+    # independently: a uniform grey image is uniform after any resize/crop, so the model's input is
+    # (70 / 255 - mean) / std per channel; predict must give that input's softmax
+    from lspt_cli.engine.restore import model_from_bundle
+
+    model, _ = model_from_bundle(run / "bundle.safetensors")
+    cfg = model.backbone.data_config
+    mean, std = torch.tensor(cfg["mean"]).view(1, 3, 1, 1), torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    x = (torch.full((1, 3, 32, 32), 70 / 255) - mean) / std
+    with torch.no_grad():
+        probs = model(x).softmax(dim=1)[0]
+    assert [p["index"] for p in first] == probs.argsort(descending=True)[:3].tolist()
+    assert [p["probability"] for p in first] == pytest.approx(probs.sort(descending=True).values[:3].tolist(), abs=2e-6)
+
+
+# The quickstart (`lspt tune --backbone vit-tiny --task digits`, the shipped vit-tiny-lspt recipe:
+# LSPT, AdamW lr 0.02, 25 epochs) measured 58.5% test top-1 on the 2-core development machine
+# (deterministic on CPU; 68 s wall under load). Chance is 10%; an untrained model scores ~10%.
+QUICKSTART_BAR = 40.0
+
+
+def test_quickstart_learns_digits_far_above_chance(cli, tmp_path):
+    result = cli("tune", "--backbone", "vit-tiny", "--task", "digits", "--out", str(tmp_path / "qs"), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["strategy"] == "lspt" and summary["epochs"] == 25  # the recipe as shipped
+    assert summary["test_top1"] >= QUICKSTART_BAR, summary["test_top1"]
 
 
 def test_export_standalone_program(cli, trained, tmp_path):
