@@ -2,8 +2,14 @@
 Visual Representation Learning", 2024, arXiv:2402.17406).
 
 LSPT keeps GaPT's gated prompts (see gapt.py: Np prompts inserted once, per-block gates, optional
-attention temperature) and adds two codings of the prompts between blocks. The paper states the
-ideas but not every equation; lspt implements the formulation of DESIGN.md section 4:
+attention temperature) and adds two codings of the prompts between blocks.
+
+The paper's exact equations were not available to lspt, and no official code is published: the
+paper states the ideas (a global spatial coding and a long-term LSTM memory of the prompts) but not
+every equation or hyper-parameter. What follows is lspt's formulation (DESIGN.md section 4), not
+the authors'; each concrete choice (adding the mean patch token after the gate, one LSTMCell shared
+by all blocks, its bottleneck r, the zero-initialised W_out) is lspt's. Training settings the paper is silent on are
+GaPT's (the lspt-* recipes inherit GaPT's run.sh and per-task values; README "Protocol", item 14).
 
 After block l, for l = 1..L-1 (the last block's prompt outputs are not carried on, as in GaPT):
 
