@@ -55,7 +55,7 @@ class LsptGroup(TyperGroup):
         if not standalone_mode:  # a caller that wants click's raw behaviour
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         _sanitize_terminal_env()
-        with _one_line_warnings():
+        with _one_line_warnings(), _quiet_broken_pipe():
             code = self._main_guarded(args, prog_name, complete_var, **extra)
         sys.exit(code)
 
@@ -76,6 +76,11 @@ class LsptGroup(TyperGroup):
         except typer.Abort:  # EOF on a prompt
             error_line("aborted")
             return 1
+        except SystemExit as exc:
+            if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # Typer's own EPIPE exit (--version | head -0)
+                silence_stdout()
+                return EXIT_BROKEN_PIPE
+            raise
         except Exception as exc:
             if debug():
                 raise
@@ -155,6 +160,21 @@ def _sanitize_terminal_env() -> None:
 
 
 @contextlib.contextmanager
+def _quiet_broken_pipe():
+    """Every rich console (ours and Typer's help) ends quietly with 141 on a closed stdout pipe."""
+    from rich.console import Console
+
+    from .output import exit_on_broken_pipe
+
+    saved = Console.on_broken_pipe
+    Console.on_broken_pipe = exit_on_broken_pipe
+    try:
+        yield
+    finally:
+        Console.on_broken_pipe = saved
+
+
+@contextlib.contextmanager
 def _one_line_warnings():
     """Python warnings (torch's pickle notice, PIL's bomb warning) as one `Warning:` line each."""
 
@@ -191,9 +211,9 @@ def create_app(load_plugins: bool = True) -> typer.Typer:
 
     @app.callback()
     def root(
-        cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache dir (weights, fingerprints).", envvar=None),
-        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data dir (manifests, runs)."),
-        config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Config dir."),
+        cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache dir (weights, fingerprints).  [default: $LSPT_CACHE_DIR, else $LSPT_HOME/cache, else the platform's; see lspt paths]", envvar=None),
+        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data dir (manifests, runs).  [default: $LSPT_DATA_DIR, else $LSPT_HOME/data, else the platform's; see lspt paths]"),
+        config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Config dir.  [default: $LSPT_CONFIG_DIR, else $LSPT_HOME/config, else the platform's; see lspt paths]"),
         version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Show the version."),
     ):
         paths.clear_overrides()

@@ -45,12 +45,15 @@ class _Console(Console):
     def size(self, new_size) -> None:
         Console.size.fset(self, new_size)
 
-    def on_broken_pipe(self) -> None:
-        """The reader of stdout went away (`lspt list | head -0`): exit quietly with 141."""
-        if self.stderr:
-            return  # nobody reads our messages; carry on
-        silence_stdout()
-        raise SystemExit(EXIT_BROKEN_PIPE)
+
+def exit_on_broken_pipe(console: Console) -> None:
+    """rich's `Console.on_broken_pipe` for lspt (set by the CLI's `main` for every console, Typer's
+    help included): the reader of stdout went away (`lspt list | head -0`), so exit quietly with 141;
+    a closed stderr is ignored (nobody reads our messages; carry on)."""
+    if console.stderr:
+        return
+    silence_stdout()
+    raise SystemExit(EXIT_BROKEN_PIPE)
 
 
 # Results go to stdout; progress, logs and hints to stderr.
