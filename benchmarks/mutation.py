@@ -390,7 +390,8 @@ def check_imports_copy(root: Path) -> None:
     """The mutants are only tested if lspt really imports from the copy (here and in subprocesses)."""
     probe = ("import lspt_cli, lspt_plugins.strategies, lspt_recipes; "
              "print(lspt_cli.__file__); print(lspt_plugins.strategies.__file__); print(lspt_recipes.__file__)")
-    out = subprocess.run([sys.executable, "-c", probe], env=os.environ, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", probe], env=os.environ, cwd=tempfile.gettempdir(), capture_output=True,
+                         text=True, check=True).stdout
     for line in out.split():
         if not line.startswith(str(root)):
             raise SystemExit(f"mutation: lspt imports {line}, not the copy in {root}; refusing to run")
