@@ -438,3 +438,23 @@ def test_paper_is_fp32_on_every_device():
     assert PROTOCOL_DEFAULTS["paper"]["amp"] == "off" and PROTOCOL_DEFAULTS["lspt"]["amp"] == "auto"
     assert not use_bf16("off", cuda) and not use_bf16("off", cpu)
     assert use_bf16("auto", cuda) and not use_bf16("auto", cpu) and use_bf16("bf16", cpu)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_split_the_batch(tmp_path):
+    """Under torchrun (2 CPU ranks, gloo) the paper protocol trains 32 + 32 images per step for
+    --batch-size 64, and drops the last partial batch, as VPT's loader does."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LSPT_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", LSPT_LOAD_PLUGINS="")
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "lspt_cli",
+         "tune", "--backbone", "vit-tiny", "--task", "digits", "--strategy", "linear", "--protocol", "paper",
+         "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "64", "--out", str(run), "--json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["batch_per_rank"] == 32 and record["steps"] == (1295 // 2) // 32
