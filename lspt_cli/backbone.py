@@ -17,6 +17,11 @@ import torch
 from torch import nn
 
 from .backbone_dims import VIT_B16, BackboneDims  # noqa: F401  (re-exported)
+from .specs import READOUTS, canonical_readout  # noqa: F401  (re-exported)
+
+# VPT's fc_norm: nn.LayerNorm(embed_dim, eps=1e-6) built fresh (KMnP/vpt src/models/vit_backbones/
+# vit_mae.py:62-64 norm_layer=partial(nn.LayerNorm, eps=1e-6), :21-26 fc_norm = norm_layer(...))
+MEAN_LN_EPS = 1e-6
 
 
 
@@ -24,8 +29,9 @@ from .backbone_dims import VIT_B16, BackboneDims  # noqa: F401  (re-exported)
 class FrozenBackbone(nn.Module):
     """A timm ViT in eval mode with `requires_grad=False`, plus what lspt needs to know about it.
 
-    `readout` is "cls" (norm(x)[:, 0]) or "mean" (mean of tokens after the prefix, then norm).
-    `source` says where the weights came from; `data_config` is timm's (input_size, mean, std, ...).
+    `readout` is the default readout (a key of specs.READOUTS; a run may pick another, see
+    `read_out`). `source` says where the weights came from; `data_config` is timm's (input_size,
+    mean, std, ...).
     """
 
     def __init__(
@@ -38,11 +44,9 @@ class FrozenBackbone(nn.Module):
         data_config: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if readout not in ("cls", "mean"):
-            raise ValueError(f"readout must be 'cls' or 'mean', got {readout!r}")
         self.model = model
         self.name = name
-        self.readout = readout
+        self.readout = canonical_readout(readout)
         self.source = source
         self.weights_file = Path(weights_file) if weights_file else None
         self.data_config = dict(data_config or _timm_data_config(model))
@@ -84,11 +88,25 @@ class FrozenBackbone(nn.Module):
         x = m.patch_drop(x)
         return m.norm_pre(x)
 
-    def read_out(self, x: torch.Tensor) -> torch.Tensor:
-        """Final tokens -> one feature vector per image (DESIGN.md section 4, Readout)."""
-        if self.readout == "cls":
+    def read_out(self, x: torch.Tensor, readout: str | None = None) -> torch.Tensor:
+        """Final tokens -> one feature vector per image (DESIGN.md section 4, Readout).
+
+        - "cls": the pre-trained final `norm`, then the CLS token.
+        - "mean-norm": the mean of every token after the prefix (prompts included), then the
+          pre-trained `norm` (GaPT: ryongithub/GatedPromptTuning src/models/vit_prompt/vit_mae.py:157-164).
+        - "mean-ln": the same mean, then a LayerNorm with weight 1 and bias 0 (VPT deletes MAE's
+          `norm` and builds a fresh `fc_norm` the checkpoint does not hold, and prompt tuning
+          freezes it: KMnP/vpt src/models/vit_backbones/vit_mae.py:21-26, vit_prompt/vit_mae.py:
+          122-124, build_vit_backbone.py:60 strict=False, vit_models.py:319-322).
+        `readout` None: this backbone's default.
+        """
+        readout = self.readout if readout is None else canonical_readout(readout)
+        if readout == "cls":
             return self.model.norm(x)[:, 0]
-        return self.model.norm(x[:, self.model.num_prefix_tokens :].mean(dim=1))
+        pooled = x[:, self.model.num_prefix_tokens :].mean(dim=1)
+        if readout == "mean-ln":
+            return nn.functional.layer_norm(pooled, pooled.shape[-1:], eps=MEAN_LN_EPS)
+        return self.model.norm(pooled)
 
     # -- attention temperature ---------------------------------------------------------------
     def set_q_scales(self, scales: Sequence[torch.Tensor | None] | None) -> None:

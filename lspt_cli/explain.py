@@ -169,7 +169,7 @@ def backbone_only(model):
 
     from .prompted import PromptedViT, PromptStrategy
 
-    bare = PromptedViT(model.backbone, PromptStrategy(model.backbone.dims), model.head.out_features)
+    bare = PromptedViT(model.backbone, PromptStrategy(model.backbone.dims), model.head.out_features, readout=model.readout)
     bare.head.load_state_dict(copy.deepcopy(model.head.state_dict()))
     return bare.eval()
 
@@ -273,7 +273,8 @@ def explain_images(bundle_path, image_paths, out_dir, *, weights=None, allow_bac
     benchmark = header.task.get("benchmark", "custom")
     classes = header.task.get("classes") or []
     strategy = (header.strategy or {}).get("name", "prompted")
-    transform = build_transform(benchmark, input_size, data_cfg["mean"], data_cfg["std"], train=False)
+    transform = build_transform(benchmark, input_size, data_cfg["mean"], data_cfg["std"], train=False,
+                                style=header.task.get("style"))
     results, used = [], set()
     for path in image_paths:
         path = Path(path)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbone import BackboneDims, FrozenBackbone
+from .backbone import BackboneDims, FrozenBackbone, canonical_readout
 
 __all__ = ["BackboneDims", "PromptStrategy", "PromptedViT", "build_model"]
 
@@ -114,10 +114,14 @@ def init_head(head: nn.Linear, kind: str) -> None:
 class PromptedViT(nn.Module):
     """Frozen backbone + trainable strategy + trainable head. `forward(images) -> logits`."""
 
-    def __init__(self, backbone: FrozenBackbone, strategy: PromptStrategy, num_classes: int, head_init: str = "normal"):
+    def __init__(self, backbone: FrozenBackbone, strategy: PromptStrategy, num_classes: int, head_init: str = "normal",
+                 readout: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.strategy = strategy
+        # the run's readout (a key of specs.READOUTS); None = the backbone's default. Kept here, not
+        # on the backbone, so bundles with different readouts can share one backbone (forward_shared).
+        self.readout = canonical_readout(readout or backbone.readout)
         self.head = nn.Linear(backbone.dims.embed_dim, num_classes)
         init_head(self.head, head_init)
 
@@ -133,7 +137,7 @@ class PromptedViT(nn.Module):
                 x = strategy.after_block(index, x, state)
         finally:
             backbone.set_q_scales(None)
-        return backbone.read_out(x)
+        return backbone.read_out(x, self.readout)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images))
@@ -246,4 +250,4 @@ def forward_shared(models: list[PromptedViT], images: torch.Tensor) -> list[torc
             xs = [m.strategy.after_block(index, x, s) for m, x, s in zip(models, outputs, states)]
     finally:
         backbone.set_q_scales(None)
-    return [m.head(backbone.read_out(x)) for m, x in zip(models, xs)]
+    return [m.head(backbone.read_out(x, m.readout)) for m, x in zip(models, xs)]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .specs import RecipeSpec
+from .specs import READOUTS, RecipeSpec
 from .validate import check_options, check_train
 
 RECIPE_KEYS = {"description", "match", "train", "strategy", "tasks", "grid"}
@@ -54,6 +54,7 @@ CHOICES = {  # TrainConfig's string keys and their values
     "schedule": ("per-epoch", "per-step"),
     "head_init": ("kaiming", "normal"),
     "ddp_batch": ("split", "per-rank"),
+    "readout": ("", *READOUTS),
 }
 
 
@@ -80,6 +81,7 @@ class TrainConfig:
     schedule: str = "per-epoch"  # "per-epoch" (VPT/GaPT's LambdaLR, stepped once per epoch) | "per-step"
     head_init: str = "kaiming"  # "kaiming" (VPT/GaPT: kaiming_normal fan_out, bias -log(99)) | "normal" (N(0, 0.01^2), bias 0)
     ddp_batch: str = "split"  # multi-GPU: "split" batch_size over the ranks (VPT) | "per-rank" batch_size on every rank
+    readout: str = ""  # "" = the backbone's default | a key of specs.READOUTS ("mean-ln": VPT's MAE, "mean-norm": GaPT's)
     seed: int = 42
     num_workers: int = 0
     eval_batch_size: int = 0  # 0 = same as batch_size

@@ -9,6 +9,10 @@
   the 19 tasks (NOAH and most later PETL papers).
 - The papers' reference numbers (DESIGN.md section 7) side by side, with lspt - paper.
 - Every other task (digits, your imagefolder data) goes to a plain "other tasks" table.
+- Every row is labelled with the protocol its runs trained under (`paper` | `lspt`, README
+  "Protocol"; a run from before protocols existed counts as `lspt`). Runs of different protocols
+  are never averaged together silently: a group, or a table row's mean over tasks, that would mix
+  them is an error unless `mix_protocols` (`--mix-protocols`), which labels it e.g. "lspt+paper".
 
 A mean over an incomplete set of tasks is shown with `*` and the count, and gets no delta.
 Torch-free; `--plots` needs matplotlib (`pip install 'lspt[plots]'`).
@@ -38,6 +42,7 @@ VTAB_GROUPS = {
 }
 VTAB_TASKS = tuple(t for group in VTAB_GROUPS.values() for t in group)
 VTAB_ALIASES = {"cifar100": "cifar"}
+LEGACY_PROTOCOL = "lspt"  # runs from before the protocol switch trained what `lspt` trains today
 
 # Top-1 % on ViT-B/16 as the papers report them (VPT: Jia et al. 2022; GaPT: Yoo et al. 2023),
 # DESIGN.md section 7. Keys: (backbone, strategy) -> metric -> value.
@@ -88,6 +93,7 @@ def collect(path: str | Path) -> list[dict[str, Any]]:
             continue
         doc.setdefault("run_dir", str(file.parent))
         doc["_dir"] = str(file.parent)
+        doc["_protocol"] = str(doc.get("protocol") or LEGACY_PROTOCOL)
         runs.append(doc)
     return runs
 
@@ -111,6 +117,11 @@ class Group:
     final: bool = False
     runs: int = 0  # all runs found, final or not
     val: list[float] = field(default_factory=list)
+    protocols: list[str] = field(default_factory=list)  # of the runs averaged (one, unless mixed on request)
+
+    @property
+    def protocol(self) -> str:
+        return "+".join(self.protocols)
 
     @property
     def mean(self) -> float | None:
@@ -123,7 +134,8 @@ class Group:
     def to_json(self) -> dict[str, Any]:
         return {
             "backbone": self.backbone, "strategy": self.strategy, "task": self.task, "benchmark": self.benchmark,
-            "vtab_group": self.vtab_group, "n": len(self.values), "final": self.final, "runs_found": self.runs,
+            "vtab_group": self.vtab_group, "protocol": self.protocol, "n": len(self.values), "final": self.final,
+            "runs_found": self.runs,
             "test_top1": self.values, "seeds": self.seeds, "mean": self.mean, "std": self.std,
             "val_top1_mean": mean_std(self.val)[0],
         }
@@ -133,8 +145,9 @@ def _seed_order(seed: Any) -> tuple:
     return (0, seed, "") if isinstance(seed, int) else (1, 0, str(seed))
 
 
-def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
-    """One Group per (backbone, strategy, task): its final runs if it has any, else all runs."""
+def group_runs(runs: list[dict[str, Any]], mix_protocols: bool = False) -> list[Group]:
+    """One Group per (backbone, strategy, task): its final runs if it has any, else all runs; the
+    runs averaged must share one protocol unless `mix_protocols`."""
     by_key: dict[tuple[str, str, str], list[dict]] = {}
     for run in runs:
         by_key.setdefault((run["backbone"], run["strategy"], run["task"]), []).append(run)
@@ -143,11 +156,15 @@ def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
         finals = [r for r in members if r.get("final")]
         chosen = finals or members
         chosen = sorted(chosen, key=lambda r: (_seed_order(r.get("seed")), r["_dir"]))
+        protocols = sorted({r["_protocol"] for r in chosen})
+        if len(protocols) > 1 and not mix_protocols:
+            counts = ", ".join(f"{p} ({sum(r['_protocol'] == p for r in chosen)} runs)" for p in protocols)
+            raise _mixed_error(f"{backbone} / {strategy} / {task} has runs under {counts}")
         benchmark, vtab_group, name = classify(task)
         groups.append(Group(
             backbone=backbone, strategy=strategy, task=task, benchmark=benchmark, vtab_group=vtab_group, name=name,
             values=[float(r["test_top1"]) for r in chosen], seeds=[r.get("seed") for r in chosen],
-            final=bool(finals), runs=len(members),
+            final=bool(finals), runs=len(members), protocols=protocols,
             val=[float(r["val_top1"]) for r in chosen if isinstance(r.get("val_top1"), (int, float))],
         ))
     return groups
@@ -159,8 +176,9 @@ def _agg(values: list[float], expected: int) -> dict[str, Any]:
             "complete": len(values) == expected}
 
 
-def aggregate(groups: list[Group]) -> dict[str, Any]:
-    """The three tables as data: fgvc and vtab rows per (backbone, strategy), other tasks."""
+def aggregate(groups: list[Group], mix_protocols: bool = False) -> dict[str, Any]:
+    """The three tables as data: fgvc and vtab rows per (backbone, strategy), other tasks.
+    A row's means over tasks need one protocol across its tasks unless `mix_protocols`."""
     methods = sorted({(g.backbone, g.strategy) for g in groups if g.benchmark != "other"})
     fgvc_rows, vtab_rows = [], []
     for backbone, strategy in methods:
@@ -171,14 +189,18 @@ def aggregate(groups: list[Group]) -> dict[str, Any]:
             mean = _agg([g.mean for g in fgvc.values()], len(FGVC_TASKS))
             fgvc_rows.append({
                 "backbone": backbone, "strategy": strategy,
-                "tasks": {t: {"mean": g.mean, "std": g.std, "n": len(g.values), "final": g.final} for t, g in fgvc.items()},
+                "protocol": _row_protocol(list(fgvc.values()), f"the FGVC mean of {backbone} / {strategy}", mix_protocols),
+                "tasks": {t: {"mean": g.mean, "std": g.std, "n": len(g.values), "final": g.final, "protocol": g.protocol}
+                          for t, g in fgvc.items()},
                 "fgvc_mean": _with_reference(mean, ref.get("fgvc_mean")),
             })
         vtab = {t: mine[t] for t in VTAB_TASKS if t in mine and mine[t].benchmark == "vtab"}
         if vtab:
             row: dict[str, Any] = {
                 "backbone": backbone, "strategy": strategy,
-                "tasks": {t: {"mean": g.mean, "std": g.std, "n": len(g.values), "final": g.final} for t, g in vtab.items()},
+                "protocol": _row_protocol(list(vtab.values()), f"the VTAB means of {backbone} / {strategy}", mix_protocols),
+                "tasks": {t: {"mean": g.mean, "std": g.std, "n": len(g.values), "final": g.final, "protocol": g.protocol}
+                          for t, g in vtab.items()},
             }
             group_means = {}
             for group, tasks in VTAB_GROUPS.items():
@@ -203,14 +225,31 @@ def _with_reference(agg: dict[str, Any], reference: float | None) -> dict[str, A
     return agg
 
 
-def build_report(path: str | Path) -> dict[str, Any]:
+def build_report(path: str | Path, mix_protocols: bool = False) -> dict[str, Any]:
     runs = collect(path)
     if not runs:
         raise LsptError(f"{path}: no finished runs (summary.json) found", hint="a run writes summary.json when it finishes")
-    groups = group_runs(runs)
-    doc = {"source": str(path), "runs": len(runs), "groups": [g.to_json() for g in groups]}
-    doc.update(aggregate(groups))
+    groups = group_runs(runs, mix_protocols)
+    doc = {"source": str(path), "runs": len(runs), "mix_protocols": mix_protocols, "groups": [g.to_json() for g in groups]}
+    doc.update(aggregate(groups, mix_protocols))
     return doc
+
+
+def _mixed_error(what: str) -> UsageError:
+    return UsageError(
+        f"runs of different protocols would be averaged into one number: {what}",
+        hint="report each protocol's runs from its own folder, or pass --mix-protocols to average them anyway "
+        "(labelled with both protocols); README \"Protocol\"",
+    )
+
+
+def _row_protocol(groups: list[Group], what: str, mix_protocols: bool) -> str:
+    """The protocol label of a table row; refuse a mean over tasks of different protocols."""
+    protocols = sorted({p for g in groups for p in g.protocols})
+    if len(protocols) > 1 and not mix_protocols:
+        by = ", ".join(f"{p}: {', '.join(g.name for g in groups if p in g.protocols)}" for p in protocols)
+        raise _mixed_error(f"{what} mixes tasks run under different protocols ({by})")
+    return "+".join(protocols)
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -242,42 +281,46 @@ def _table(header: list[str], rows: list[list[str]], right_from: int) -> list[st
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
-    lines = [f"Test top-1 (%), mean ± std over seeds (final runs on train+val where present), "
-             f"from {doc['runs']} run(s) under `{doc['source']}`.", ""]
+    lines = [f"Test top-1 (%), mean ± std over seeds (final runs where present), "
+             f"from {doc['runs']} run(s) under `{doc['source']}`; `protocol`: what the runs trained under "
+             "(README \"Protocol\").", ""]
     if doc["fgvc"]:
         lines += ["### FGVC", ""]
         rows = []
         for r in doc["fgvc"]:
             cells = [_cell(r["tasks"][t]["mean"], r["tasks"][t]["std"]) if t in r["tasks"] else "—" for t in FGVC_TASKS]
             m = r["fgvc_mean"]
-            rows.append([r["backbone"], r["strategy"], *cells, _agg_cell(m), _ref_cell(m["reference"]), _delta_cell(m["delta"])])
-        lines += _table(["backbone", "strategy", *[FGVC_LABELS[t] for t in FGVC_TASKS], "mean", "paper", "Δ"], rows, 2)
+            rows.append([r["backbone"], r["strategy"], r["protocol"], *cells, _agg_cell(m), _ref_cell(m["reference"]),
+                         _delta_cell(m["delta"])])
+        lines += _table(["backbone", "strategy", "protocol", *[FGVC_LABELS[t] for t in FGVC_TASKS], "mean", "paper", "Δ"],
+                        rows, 3)
         lines.append("")
     if doc["vtab"]:
         lines += ["### VTAB-1k", ""]
         rows = []
         for r in doc["vtab"]:
             cells = [_cell(r["tasks"][t]["mean"]) if t in r["tasks"] else "—" for t in VTAB_TASKS]
-            rows.append([r["backbone"], r["strategy"], *cells, _agg_cell(r["natural"]), _agg_cell(r["specialized"]),
-                         _agg_cell(r["structured"]), _agg_cell(r["mean_of_groups"]), _agg_cell(r["mean_of_tasks"])])
-        lines += _table(["backbone", "strategy", *VTAB_TASKS, "Natural", "Specialized", "Structured",
-                         "mean of 3 groups", "mean of 19 tasks"], rows, 2)
+            rows.append([r["backbone"], r["strategy"], r["protocol"], *cells, _agg_cell(r["natural"]),
+                         _agg_cell(r["specialized"]), _agg_cell(r["structured"]), _agg_cell(r["mean_of_groups"]),
+                         _agg_cell(r["mean_of_tasks"])])
+        lines += _table(["backbone", "strategy", "protocol", *VTAB_TASKS, "Natural", "Specialized", "Structured",
+                         "mean of 3 groups", "mean of 19 tasks"], rows, 3)
         lines += ["", "Per-task cells are means over seeds (std in `--format json`/`csv`). Two overall means: "
                   "of the 3 group means (VPT, GaPT) and over the 19 tasks (NOAH and later PETL papers).", ""]
         rows = []
         for r in doc["vtab"]:
             for group in VTAB_GROUPS:
                 a = r[group]
-                rows.append([r["backbone"], r["strategy"], group.capitalize(), _agg_cell(a), _ref_cell(a["reference"]),
-                             _delta_cell(a["delta"])])
+                rows.append([r["backbone"], r["strategy"], r["protocol"], group.capitalize(), _agg_cell(a),
+                             _ref_cell(a["reference"]), _delta_cell(a["delta"])])
         lines += ["#### VTAB-1k group means vs. the papers", ""]
-        lines += _table(["backbone", "strategy", "group", "lspt", "paper", "Δ"], rows, 3)
+        lines += _table(["backbone", "strategy", "protocol", "group", "lspt", "paper", "Δ"], rows, 4)
         lines.append("")
     if doc["other"]:
         lines += ["### Other tasks", ""]
-        rows = [[g["backbone"], g["strategy"], g["task"], f"{g['n']} {'final' if g['final'] else 'not final'}",
+        rows = [[g["backbone"], g["strategy"], g["protocol"], g["task"], f"{g['n']} {'final' if g['final'] else 'not final'}",
                  ",".join(map(str, g["seeds"])), _cell(g["mean"], g["std"]), _cell(g["val_top1_mean"])] for g in doc["other"]]
-        lines += _table(["backbone", "strategy", "task", "runs", "seeds", "test top-1", "val top-1"], rows, 5)
+        lines += _table(["backbone", "strategy", "protocol", "task", "runs", "seeds", "test top-1", "val top-1"], rows, 6)
         lines.append("")
     if doc["fgvc"] or doc["vtab"]:
         lines += ["Paper: ViT-B/16 numbers of VPT (Jia et al. 2022) and GaPT (Yoo et al. 2023) where they report "
@@ -289,19 +332,19 @@ def render_markdown(doc: dict[str, Any]) -> str:
 def render_csv(doc: dict[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["backbone", "strategy", "benchmark", "group", "task", "n", "final", "test_top1_mean",
+    writer.writerow(["backbone", "strategy", "protocol", "benchmark", "group", "task", "n", "final", "test_top1_mean",
                      "test_top1_std", "tasks", "complete", "reference", "delta"])
     for g in doc["groups"]:
-        writer.writerow([g["backbone"], g["strategy"], g["benchmark"], g["vtab_group"] or "", g["task"], g["n"],
-                         g["final"], g["mean"], g["std"], "", "", "", ""])
+        writer.writerow([g["backbone"], g["strategy"], g["protocol"], g["benchmark"], g["vtab_group"] or "", g["task"],
+                         g["n"], g["final"], g["mean"], g["std"], "", "", "", ""])
     for r in doc["fgvc"]:
         a = r["fgvc_mean"]
-        writer.writerow([r["backbone"], r["strategy"], "fgvc", "", "mean", "", "", a["value"], "", a["tasks"],
+        writer.writerow([r["backbone"], r["strategy"], r["protocol"], "fgvc", "", "mean", "", "", a["value"], "", a["tasks"],
                          a["complete"], a["reference"] if a["reference"] is not None else "", _blank(a["delta"])])
     for r in doc["vtab"]:
         for key in (*VTAB_GROUPS, "mean_of_groups", "mean_of_tasks"):
             a = r[key]
-            writer.writerow([r["backbone"], r["strategy"], "vtab", key if key in VTAB_GROUPS else "", 
+            writer.writerow([r["backbone"], r["strategy"], r["protocol"], "vtab", key if key in VTAB_GROUPS else "",
                              "mean" if key in VTAB_GROUPS else key, "", "", a["value"], "", a["tasks"], a["complete"],
                              _blank(a.get("reference")), _blank(a.get("delta"))])
     return buf.getvalue()

@@ -41,6 +41,24 @@ def _factory_error(factory: str, problem: str):
                        hint="fix the 'package.module:attribute' string in the plugin's registration")
 
 
+# How the final tokens become one feature vector (README "Backbones", readouts); a run picks one
+# with the `readout` key / `--readout`, else its backbone's default. "mean" is "mean-norm"'s old name.
+READOUTS = {
+    "cls": "the CLS token after the pre-trained final norm (VPT/GaPT on MoCo v3 and supervised ViTs)",
+    "mean-norm": "mean of the tokens after CLS, then the pre-trained final norm (GaPT's MAE readout)",
+    "mean-ln": "mean of the tokens after CLS, then a fresh LayerNorm with identity affine (VPT's MAE readout)",
+}
+READOUT_ALIASES = {"mean": "mean-norm"}
+
+
+def canonical_readout(name: str) -> str:
+    """The readout's canonical name; ValueError naming the known ones otherwise."""
+    name = READOUT_ALIASES.get(name, name)
+    if name not in READOUTS:
+        raise ValueError(f"unknown readout {name!r}; known: {', '.join(READOUTS)}")
+    return name
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """A frozen ViT backbone. `factory(weights: Path | None) -> lspt_cli.backbone.FrozenBackbone`."""
@@ -48,7 +66,7 @@ class BackboneSpec:
     name: str
     description: str
     factory: Factory
-    readout: str = "cls"  # "cls" or "mean" (DESIGN.md section 4, Readout)
+    readout: str = "cls"  # the default readout, a key of READOUTS (DESIGN.md section 4, Readout)
     embed_dim: int = 768
     depth: int = 12
     num_prefix_tokens: int = 1

@@ -3,11 +3,16 @@
 1. **Grid search** per task: every point of the hyper-parameter grid (lr x weight decay x ... from
    `--grid` flags, else the recipe's `[grid]`), trained on train and selected on val, with the
    *first* seed only (Jia et al. 2022 search with one seed, then re-run the winner).
-2. **Selection** per task: the highest val top-1 over the finished grid trials; ties go to the
-   smaller lr, then the smaller weight decay, then the smaller value of every other grid key in
-   name order (e.g. fewer prompts). Failed trials are ignored (and reported).
-3. **Final runs**: the selected point on train+val (`final=True`, VTAB: train800val200) once per
-   seed; `lspt report` averages their test top-1.
+2. **Selection** per task: the highest val top-1 over the finished grid trials, where a trial's
+   val top-1 is the one the protocol's rule names (selection.py, README "Protocol"): under `paper`,
+   VTAB compares the val top-1 of each trial's *last* epoch (VPT's tune_vtab.py), FGVC the best
+   epoch's; under `lspt` the best epoch's everywhere. Read from each trial's metrics.jsonl. Ties go
+   to the smaller lr, then the smaller weight decay, then the smaller value of every other grid key
+   in name order (e.g. fewer prompts). Failed trials are ignored (and reported).
+3. **Final runs**: the selected point once per seed, as `lspt tune --final`, which trains on what
+   the rule says: train+val (VTAB: train800val200; last epoch reported), except FGVC under `paper`,
+   whose official code has no train+val split: train, test at the best val epoch. `lspt report`
+   averages their test top-1.
 
 Every trial is an ordinary `lspt tune` run directory under the sweep directory
 (`<sweep>/<task>/lr0.1-wd0.0001-seed42`, finals `final-lr0.1-wd0.0001-seed44`). A trial whose
@@ -41,6 +46,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import LsptError, UsageError
 from .rundir import CHECKPOINT_NAME, CONFIG_NAME, RUN_FILES, SUMMARY_NAME
+from .selection import BEST_VAL, Rule, rule_for, selection_value
 
 SWEEP_JSON = "sweep.json"
 SWEEP_MD = "sweep.md"
@@ -63,6 +69,7 @@ TRAIN_FLAGS = {
     "head_init": "--head-init",
     "ddp_batch": "--ddp-batch",
     "lr_scaling": "--lr-scaling",
+    "readout": "--readout",
     "num_workers": "--num-workers",
     "device": "--device",
     "threads": "--threads",
@@ -378,19 +385,38 @@ def _tie_value(value: Any) -> tuple:
     return (1, 0.0, str(value))
 
 
-def selection_key(record: dict[str, Any]) -> tuple:
+def selection_key(record: dict[str, Any], key: str = "val_top1") -> tuple:
     """Sort key: best val top-1 first; ties -> smaller lr, then smaller wd, then other keys by name."""
     point = record.get("point") or {}
-    return (-float(record["val_top1"]),) + tuple(_tie_value(v) for _, v in ordered_point(point))
+    return (-float(record[key]),) + tuple(_tie_value(v) for _, v in ordered_point(point))
 
 
-def select_best(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The selected grid trial among finished ones (records with a numeric `val_top1`), or None."""
-    done = [r for r in records if r.get("status") == "finished" and isinstance(r.get("val_top1"), (int, float))
-            and not math.isnan(r["val_top1"])]
+def select_best(records: list[dict[str, Any]], key: str = "val_top1") -> dict[str, Any] | None:
+    """The selected grid trial among finished ones (records with a numeric `key`), or None."""
+    done = [r for r in records if r.get("status") == "finished" and isinstance(r.get(key), (int, float))
+            and not isinstance(r.get(key), bool) and not math.isnan(r[key])]
     if not done:
         return None
-    return min(done, key=selection_key)
+    return min(done, key=lambda r: selection_key(r, key))
+
+
+def select_trial(records: list[dict[str, Any]], select_by: str) -> dict[str, Any] | None:
+    """Select by the rule's val top-1 (selection.py): each finished record gets `select_val` and
+    `select_epoch` from its run directory's metrics.jsonl (the last epoch's val, or the best's)."""
+    for record in records:
+        if record.get("status") != "finished":
+            continue
+        value, epoch = selection_value(record["run_dir"], select_by) if record.get("run_dir") else (None, None)
+        if value is None and select_by == BEST_VAL:  # no per-epoch log: the summary's best val
+            value = record.get("val_top1")
+        record.update(select_val=value, select_epoch=epoch, select_by=select_by)
+    return select_best(records, key="select_val")
+
+
+def task_rule(spec: "SweepSpec", task: str, host) -> Rule:
+    """The selection/final rule of a task: its resolved protocol and benchmark."""
+    config = _resolve(spec, task, host, spec.train_overrides, spec.strategy_overrides, False)
+    return rule_for(config.train.protocol, config.benchmark)
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -449,6 +475,9 @@ def fill_metrics(record: dict[str, Any], summary: dict[str, Any]) -> dict[str, A
     record.update(
         status="finished",
         val_top1=summary.get("val_top1"),
+        protocol=summary.get("protocol"),
+        train_split=summary.get("train_split"),
+        reported_epoch_rule=summary.get("reported_epoch_rule"),
         test_top1=summary.get("test_top1"),
         test_mean_per_class=summary.get("test_mean_per_class"),
         selected_epoch=summary.get("selected_epoch"),
@@ -548,6 +577,7 @@ class Sweep:
         self.selections: dict[str, dict[str, Any]] = {}
         self.finals: dict[str, dict[str, Any]] = {}
         self.grids: dict[str, dict[str, list]] = {}
+        self.rules: dict[str, Rule] = {}
         self.lock = threading.Lock()
         self.started = _dt.datetime.now().isoformat(timespec="seconds")
 
@@ -565,6 +595,7 @@ class Sweep:
         grid_trials = build_grid_trials(self.spec, self.host)
         for task in self.spec.tasks:
             self.grids[task] = task_grid(self.spec, task, self.host)
+            self.rules[task] = task_rule(self.spec, task, self.host)
         for trials in grid_trials.values():
             for t in trials:
                 self.records[t.key()] = record_for(t)
@@ -591,14 +622,16 @@ class Sweep:
             return {"point": points[0], "trial": None, "val_top1": None, "candidates": 1, "failed": 0,
                     "reason": "one grid point: nothing to select"}
         records = [self.records[t.key()] for t in trials]
-        best = select_best(records)
+        rule = self.rules[task]
+        best = select_trial(records, rule.select_by)
         failed = sum(r["status"] == "failed" for r in records)
         if best is None:
             return {"point": None, "trial": None, "val_top1": None, "candidates": len(records), "failed": failed,
                     "reason": "no grid trial finished"}
-        return {"point": best["point"], "trial": best["name"], "val_top1": best["val_top1"],
+        return {"point": best["point"], "trial": best["name"], "val_top1": best["select_val"],
+                "val_epoch": best["select_epoch"], "select_by": rule.select_by,
                 "candidates": len(records), "failed": failed,
-                "reason": "best val top-1 (ties: smaller lr, then smaller wd)"}
+                "reason": f"highest val top-1 of the {rule.select_by} (ties: smaller lr, then smaller wd)"}
 
     def run_trials(self, trials: list[Trial], phase: str) -> None:
         self.on_phase(phase, len(trials))
@@ -700,8 +733,9 @@ class Sweep:
             "tasks": spec.tasks,
             "grid": {t: g for t, g in self.grids.items()},
             "seeds": spec.seeds,
-            "protocol": "grid on train/val with the first seed; select best val top-1 (ties: smaller lr, "
-                        "then smaller wd); final runs on train+val with every seed; report test top-1",
+            "protocols": {t: r.protocol for t, r in self.rules.items()},
+            "rules": {t: "grid on train/val with the first seed; " + r.describe() + "; final runs with every seed; "
+                      "report test top-1" for t, r in self.rules.items()},
             "started": self.started,
             "updated": _dt.datetime.now().isoformat(timespec="seconds"),
             "counts": self.counts(),
@@ -781,7 +815,8 @@ def plan(spec: SweepSpec, host, prefix: list[str] | None = None) -> tuple[list[s
                          "re-run this sweep (or `--plan`) once the grid trials have finished")
             continue
         if trials:
-            best = select_best([fill_metrics(record_for(t), read_summary(t.run_dir) or {}) for t in trials])
+            rule = task_rule(spec, task, host)
+            best = select_trial([fill_metrics(record_for(t), read_summary(t.run_dir) or {}) for t in trials], rule.select_by)
             if best is None:
                 notes.append(f"{task}: no finished grid trial to select from")
                 continue

@@ -88,7 +88,7 @@ def test_all_builtin_backbones_registered_through_the_entry_point():
     from lspt_cli.plugins import get_host
 
     host = get_host()
-    expected = {"mae-vitb": "mean", "mocov3-vitb": "cls", "sup-vitb": "cls", "vit-tiny": "cls"}
+    expected = {"mae-vitb": "mean-norm", "mocov3-vitb": "cls", "sup-vitb": "cls", "vit-tiny": "cls"}
     for name, readout in expected.items():
         spec = host.backbones.get(name)
         assert spec.readout == readout
@@ -176,7 +176,7 @@ def test_mae_official_layout_loads_with_its_norm(tmp_path):
     torch.save({"model": state}, path)
     backbone = timm_vit.load_mae_vitb(path, model_kwargs=TINY_B16)
     assert_loaded(backbone, state)
-    assert backbone.readout == "mean" and backbone.name == "mae-vitb"
+    assert backbone.readout == "mean-norm" and backbone.name == "mae-vitb"
     assert "MAE pre-training checkpoint" in backbone.source and "--weights" in backbone.source
     # the pretrained final norm exists and is loaded; fc_norm carries no weights
     assert torch.equal(backbone.model.norm.weight, state["norm.weight"])

@@ -74,12 +74,12 @@ def test_tables_means_and_reference(cli, fabricated):
     assert other["task"] == "digits" and other["mean"] == 35.0 and other["seeds"] == [1, 2]
 
     md = cli("report", str(root)).stdout
-    assert "| mae-vitb | gapt | 62.00 ± 2.83 | 63.00 ± 2.83 | 64.00 ± 2.83 | 65.00 ± 2.83 | 66.00 ± 2.83 | 64.00 | 73.39 | -9.39 |" in md
-    assert "| mocov3-vitb | vpt-deep | 80.00 ± 0.00 | — | — | — | 70.00 ± 0.00 | 75.00* (2/5) | 83.12 | — |" in md
+    assert "| mae-vitb | gapt | lspt | 62.00 ± 2.83 | 63.00 ± 2.83 | 64.00 ± 2.83 | 65.00 ± 2.83 | 66.00 ± 2.83 | 64.00 | 73.39 | -9.39 |" in md
+    assert "| mocov3-vitb | vpt-deep | lspt | 80.00 ± 0.00 | — | — | — | 70.00 ± 0.00 | 75.00* (2/5) | 83.12 | — |" in md
     assert "mean of 3 groups" in md and "mean of 19 tasks" in md
     natural = groups["natural"]
-    assert f"| mae-vitb | gapt | Natural | {natural:.2f} | 47.61 | {natural - 47.61:+.2f} |" in md
-    assert "| vit-tiny | lspt | digits | 2 final | 1,2 | 35.00 ± 7.07 | — |" in md
+    assert f"| mae-vitb | gapt | lspt | Natural | {natural:.2f} | 47.61 | {natural - 47.61:+.2f} |" in md
+    assert "| vit-tiny | lspt | lspt | digits | 2 final | 1,2 | 35.00 ± 7.07 | — |" in md
 
     table = list(csv.DictReader(io.StringIO(cli("report", str(root), "--format", "csv").stdout)))
     agg = {(r["backbone"], r["benchmark"], r["group"], r["task"]): r for r in table}

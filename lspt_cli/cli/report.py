@@ -29,13 +29,14 @@ def register(app: typer.Typer) -> None:
         fmt: Format = typer.Option(Format.md, "--format", "-f", help="md (tables), csv (long format) or json."),
         plots: bool = typer.Option(False, "--plots", help="Also write curves.png (loss, val accuracy, lr) in every run dir (needs lspt[plots])."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to FILE.  [default: stdout]"),
+        mix_protocols: bool = typer.Option(False, "--mix-protocols", help="Allow one mean over runs of different protocols (paper, lspt); refused by default."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No notes on stderr."),
     ):
         """Tables of test top-1 (mean ± std over seeds) next to the papers' numbers."""
         from .. import atomic
         from ..report import build_report, plot_all, render
 
-        doc = build_report(path)
+        doc = build_report(path, mix_protocols=mix_protocols)
         if plots:
             written = plot_all(path)
             doc["plots"] = [str(p) for p in written]

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(1, "--workers", "-j", min=1, help="Trials run concurrently in subprocesses (GPUs round-robin)."),
         out_dir: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default: under the data dir; the same command resumes it)."),
         plan_only: bool = typer.Option(False, "--plan", help="Print one `lspt tune` command per trial to run, run nothing."),
-        finals: bool = typer.Option(True, "--finals/--no-finals", help="Run the selected point on train+val with every seed."),
+        finals: bool = typer.Option(True, "--finals/--no-finals", help="Run the selected point with every seed, as `lspt tune --final` (train+val; FGVC under protocol paper: train, test at the best val epoch)."),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file.  [default: the backbone's file in <cache dir>/weights (lspt paths)]"),
         recipe: Optional[Path] = typer.Option(None, "--recipe", help="A TOML recipe overriding the built-in one.  [default: none: the built-in recipe]"),
         protocol: Optional[str] = typer.Option(None, "--protocol", help="paper (default) or lspt, for every trial (README \"Protocol\")."),
@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
         head_init: Optional[str] = typer.Option(None, "--head-init", help=train_help("head_init")),
         ddp_batch: Optional[str] = typer.Option(None, "--ddp-batch", help=train_help("ddp_batch")),
         lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help=train_help("lr_scaling")),
+        readout: Optional[str] = typer.Option(None, "--readout", help=train_help("readout")),
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
         device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per trial (0 = one per core).  [default: the recipe's, else 0]"),
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
                 protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                 optimizer=optimizer, grad_clip=grad_clip, amp=amp, num_workers=num_workers, device=device,
                 schedule=schedule, head_init=head_init, ddp_batch=ddp_batch, lr_scaling=lr_scaling,
-                threads=threads,
+                readout=readout, threads=threads,
             ).items() if v is not None
         }
         spec = SweepSpec(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import bundle
+from ..specs import READOUTS
 from ..errors import BundleError
 
 
@@ -35,7 +36,11 @@ def model_from_bundle(path, *, weights=None, allow_backbone_mismatch: bool = Fal
         raise
     except Exception as exc:
         raise BundleError(f"{path}: cannot rebuild strategy '{strategy_info['name']}' ({getattr(exc, 'message', exc)})") from None
-    model = PromptedViT(backbone, strategy, len(classes))
+    readout = info.get("readout")  # absent in bundles older than readouts: the backbone's default
+    if readout is not None and readout not in READOUTS:
+        raise BundleError(f"{path}: trained with readout {readout!r}, which this lspt does not know "
+                          f"(known: {', '.join(READOUTS)})", hint="upgrade lspt: pip install -U lspt")
+    model = PromptedViT(backbone, strategy, len(classes), readout=readout)
     bundle.check_tensors(path, loaded.tensors, model.trainable_state_dict())
     model.load_trainable_state_dict(loaded.tensors)
     model.eval()

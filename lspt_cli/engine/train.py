@@ -24,8 +24,10 @@ import torch.nn.functional as F
 
 from .. import atomic, bundle, schema
 from ..errors import DataError, TrainingError, UsageError
+from ..data.transforms import transform_style
 from ..recipes import ResolvedConfig
 from ..rundir import BEST_NAME, BUNDLE_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME
+from ..selection import BEST_VAL, LAST, describe_report, rule_for, summary_fields, val_curve
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_into, save_checkpoint
 from .distributed import DistContext
 from .evaluate import autocast, evaluate
@@ -208,8 +210,11 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.manifest = load_manifest(self.config.task)
         self.num_classes = len(self.manifest.classes)
-        self.train_split = "trainval" if self.config.final else "train"
-        for split in (self.train_split, "test") + (() if self.config.final else ("val",)):
+        # the protocol's rule (selection.py, README "Protocol"): what a final trains on, which epoch is reported
+        self.rule = rule_for(cfg.protocol, self.manifest.benchmark)
+        self.train_split = self.rule.train_split(self.config.final)
+        self.watch_val = self.train_split != "trainval"  # on train+val there is no val to select on
+        for split in (self.train_split, "test") + (("val",) if self.watch_val else ()):
             if not self.manifest.splits.get(split):
                 raise DataError(
                     f"task '{self.config.task}' has no '{split}' split in its manifest",
@@ -219,10 +224,12 @@ class Trainer:
         self.backbone = backbone
         data_cfg = backbone.data_config
         self.input_size = int(data_cfg["input_size"][-1])
+        self.style = transform_style(self.manifest.benchmark, self.manifest.extra, cfg.protocol)  # VTAB paper: TF1 resize
         self.mean, self.std = data_cfg["mean"], data_cfg["std"]
         _seed_everything(cfg.seed)
         strategy = build_strategy(self.config.strategy, backbone.dims, self.config.strategy_config, host=self.host)
-        self.model = PromptedViT(backbone, strategy, self.num_classes, head_init=cfg.head_init).to(self.device)
+        self.model = PromptedViT(backbone, strategy, self.num_classes, head_init=cfg.head_init,
+                                 readout=cfg.readout or None).to(self.device)
         self.params = count_parameters(self.model)
         self.train_model = self.model
         if self.dist.enabled:
@@ -249,9 +256,11 @@ class Trainer:
                 "fingerprint": backbone.fingerprint,
                 "source": backbone.source,
                 "weights": str(Path(self.config.weights).resolve()) if self.config.weights else None,
+                "readout": self.model.readout,
             },
             "strategy": {"name": self.config.strategy, "config": strategy.config()},
-            "task": {"name": self.config.task, "classes": list(self.manifest.classes), "benchmark": self.manifest.benchmark},
+            "task": {"name": self.config.task, "classes": list(self.manifest.classes), "benchmark": self.manifest.benchmark,
+                     "style": self.style},
             "data_config": dict(data_cfg),
             "protocol": cfg.protocol,
         }
@@ -263,7 +272,7 @@ class Trainer:
         return build_loader(
             self.manifest, split, input_size=self.input_size, mean=self.mean, std=self.std, train=train,
             batch_size=batch, seed=self.cfg.seed, epoch=epoch, num_workers=self.cfg.num_workers,
-            sampler=_OrderSampler(order) if order is not None else None,
+            sampler=_OrderSampler(order) if order is not None else None, style=self.style,
         )
 
     # -- state -------------------------------------------------------------------------------
@@ -337,7 +346,7 @@ class Trainer:
                 self.best = best
                 record = self._train_epoch(epoch, position, running)
                 position, running = 0, {}
-                if not self.config.final:
+                if self.watch_val:
                     val = self._evaluate("val")
                     record.update(val_loss=val["loss"], val_acc=val["top1"], val_mean_per_class=val["mean_per_class"])
                     if val["top1"] > best["top1"]:  # strictly better: ties keep the earlier epoch
@@ -460,19 +469,24 @@ class Trainer:
         return evaluate(self.model, loader, self.device, self.num_classes, amp=self.amp)
 
     def _finish(self, best: dict, seconds: float) -> dict[str, Any]:
-        """Evaluate test on the selected state (best val, or the last epoch for final runs)."""
-        if not self.config.final and (self.run_dir / BEST_NAME).exists():
+        """Evaluate test on the state the protocol's rule reports (selection.py): best val or the last epoch."""
+        report = self.rule.report(self.config.final)
+        if report == BEST_VAL and (self.run_dir / BEST_NAME).exists():
             selected = bundle.load(self.run_dir / BEST_NAME)
             self.model.load_trainable_state_dict(selected.tensors)
             selected_epoch = best["epoch"] + 1
         else:
             selected_epoch = self.cfg.epochs
+        curve = val_curve(self.run_dir) if self.watch_val else []
         test = self._evaluate("test")
         records = schema.metrics_records(self.run_dir / METRICS_NAME) if self.dist.is_main else []
         metrics = {
             "selected_epoch": selected_epoch,
-            "selection": "last epoch (train+val)" if self.config.final else "best val top-1",
-            "val_top1": None if self.config.final else best["top1"],
+            "selection": describe_report(report, self.train_split),
+            # val top-1 of the reported epoch; best and last for the record (None on train+val)
+            "val_top1": ((curve[-1][1] if curve else None) if report == LAST else best["top1"]) if self.watch_val else None,
+            "val_top1_best": best["top1"] if self.watch_val else None,
+            "val_top1_last": curve[-1][1] if curve else None,
             "test_top1": test["top1"],
             "test_mean_per_class": test["mean_per_class"],
             "test_loss": test["loss"],
@@ -487,6 +501,8 @@ class Trainer:
             "strategy": self.config.strategy,
             "protocol": cfg.protocol,
             "final": self.config.final,
+            **summary_fields(self.rule, self.config.final),  # train_split, reported_epoch_rule
+            "readout": self.model.readout,
             "params": self.params,
             **metrics,
             "epochs": self.cfg.epochs,

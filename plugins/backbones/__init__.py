@@ -12,10 +12,10 @@ _FACTORY = "lspt_plugins.backbones.timm_vit:"
 BACKBONES = (
     BackboneSpec(
         name="mae-vitb",
-        description="MAE ViT-B/16 (timm vit_base_patch16_224.mae), self-supervised on ImageNet-1k; mean readout",
+        description="MAE ViT-B/16 (timm vit_base_patch16_224.mae), self-supervised on ImageNet-1k; mean-norm readout (GaPT's; VPT's is mean-ln)",
         factory=_FACTORY + "load_mae_vitb",
         mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation=INTERPOLATION,  # MAE's pre-training and VPT/GaPT
-        readout="mean",
+        readout="mean-norm",
     ),
     BackboneSpec(
         name="mocov3-vitb",

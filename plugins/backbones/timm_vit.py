@@ -20,9 +20,11 @@ not fit means a wrong file and is reported by name.
 
 MAE and the norms: timm's `vit_base_patch16_224.mae` keeps `global_pool="token"`, so the model has
 the pre-trained final `norm` (loaded from MAE's `norm.*`) and `fc_norm` is an Identity with no
-weights. lspt's "mean" readout averages the tokens after the prefix and applies that `norm`
-(GaPT's choice). Building it with `global_pool="avg"` would instead make `norm` an Identity and add
-a randomly initialised `fc_norm`: the pre-trained `norm` would be thrown away.
+weights. The default readout "mean-norm" averages the tokens after the prefix and applies that
+`norm` (GaPT's choice). VPT's "mean-ln" (the vpt-* MAE recipes) applies a LayerNorm with identity
+affine instead: VPT builds MAE with global_pool=True, which deletes `norm` and adds an `fc_norm`
+the checkpoint does not hold, left at its init and frozen (lspt_cli/backbone.py, `read_out`).
+Building the timm model with `global_pool="avg"` is not needed for either.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class TimmBackbone:
 MAE_VITB = TimmBackbone(
     name="mae-vitb",
     timm_model="vit_base_patch16_224.mae",
-    readout="mean",
+    readout="mean-norm",
     convert=checkpoints.convert_mae,
     download_url=MAE_URL,
     local_files=("mae_pretrain_vit_base.pth",),
