@@ -11,6 +11,27 @@ from ..errors import BelowThreshold, BundleError, UsageError
 from .output import complete_from, out, print_json, safe
 
 
+def parse_percent(value: str | None, flag: str) -> float | None:
+    """"75" or "75%" -> 75.0. A value in (0, 1) without "%" is refused: 0.99 reads as 99% to many
+    users but means 0.99% here, so it would pass almost any bundle."""
+    if value is None:
+        return None
+    text = value.strip()
+    number = text[:-1].strip() if text.endswith("%") else text
+    try:
+        percent = float(number)
+    except ValueError:
+        raise UsageError(f"{flag} takes a percentage such as 75 or 75%, got {value!r}") from None
+    if not 0.0 <= percent <= 100.0:
+        raise UsageError(f"{flag} must be between 0 and 100 (percent), got {value!r}")
+    if 0.0 < percent < 1.0 and not text.endswith("%"):
+        raise UsageError(
+            f"{flag} {value} is ambiguous: the unit is percent, so it means {percent}% (almost any bundle passes)",
+            hint=f"write {flag} {percent * 100:g} for {percent * 100:g}%, or {flag} {value}% if you really mean {percent}%",
+        )
+    return percent
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_(
@@ -21,11 +42,12 @@ def register(app: typer.Typer) -> None:
         allow_backbone_mismatch: bool = typer.Option(False, "--allow-backbone-mismatch", help="Load even if the backbone fingerprint differs."),
         batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per evaluation batch."),
         device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
-        fail_under: Optional[float] = typer.Option(None, "--fail-under", help="Exit with code 3 when top-1 (%) is below this."),
+        fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Exit with code 3 when top-1 is below this many percent: 75 or 75%; a fraction such as 0.75 is refused as ambiguous.  [default: no threshold]", show_default=False),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     ):
         """Top-1, per-class and mean per-class accuracy of BUNDLE on a task split."""
+        fail_under = parse_percent(fail_under, "--fail-under")  # before loading anything
         from ..data.loader import build_loader
         from ..data.manifest import load_manifest
         from ..engine.evaluate import evaluate
@@ -46,7 +68,7 @@ def register(app: typer.Typer) -> None:
         data_cfg = model.backbone.data_config
         loader = build_loader(
             manifest, split, input_size=int(data_cfg["input_size"][-1]), mean=data_cfg["mean"], std=data_cfg["std"],
-            train=False, batch_size=batch_size, style=header.task.get("style"),  # the training run's transform
+            train=False, batch_size=batch_size,
         )
         result = evaluate(model, loader, dev, len(manifest.classes), amp=dev.type == "cuda")
         doc = {

@@ -28,10 +28,13 @@ def register(app: typer.Typer) -> None:
             return
         out.print(f"[bold]{safe(header.path)}[/]  ({header.file_size:,} bytes, {doc['num_parameters']:,} parameters)")
         meta = Table("key", "value", show_header=False)
+        meta.columns[0].no_wrap = True
+        meta.columns[1].overflow = "fold"  # a fingerprint is one long word: fold it, never cut it
         for key, value in doc["metadata"].items():
             meta.add_row(safe(key), safe(value if isinstance(value, str) else json.dumps(value)))
         out.print(meta)
         tensors = Table("tensor", "dtype", "shape")
+        tensors.columns[0].overflow = "fold"
         for name, info in doc["tensors"].items():
             tensors.add_row(safe(name), safe(info["dtype"]), safe("x".join(map(str, info["shape"])) or "scalar"))
         out.print(tensors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from typing import Optional
 
@@ -60,11 +61,14 @@ def register(app: typer.Typer) -> None:
             print_json(rows)
             return
         table = Table("name", "description")
+        table.columns[0].no_wrap = True  # names are what users type: never cut or wrapped
         if kind == Kind.strategies:
             table.add_column("params (ViT-B/16, no head)", justify="right")
+            table.add_column("defaults (--set KEY=VALUE)")
         for row in rows:
             cells = [safe(row["name"]), safe(row["description"])]
             if kind == Kind.strategies:
                 cells.append(f"{row['params_vitb16']:,}" if row["params_vitb16"] is not None else "?")
+                cells.append(safe(", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in row["defaults"].items()) or "-"))
             table.add_row(*cells)
         out.print(table)

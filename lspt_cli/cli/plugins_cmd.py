@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         "`check` and `new` help plugin authors.",
         invoke_without_command=True,
         no_args_is_help=False,
-        rich_markup_mode="rich",
+        rich_markup_mode=None,
     )
 
     @plugins_app.callback()
@@ -49,10 +49,10 @@ def register(app: typer.Typer) -> None:
             None, help="Strategies, backbones, datasets or recipes to check (default: every component of the "
             "external plugins).", autocompletion=complete_from("strategy"), show_default=False),
         kind: Optional[str] = typer.Option(None, "--kind", help="strategy, backbone, dataset or recipe, when NAME is "
-                                           "registered as more than one kind.", show_default=False),
-        root: Optional[Path] = typer.Option(None, "--root", help="A dataset's unpacked files, for datasets that need them.",
+                                           "registered as more than one kind.  [default: every kind NAME has]", show_default=False),
+        root: Optional[Path] = typer.Option(None, "--root", help="A dataset's unpacked files, for datasets that need them.  [default: none]",
                                             show_default=False),
-        weights: Optional[Path] = typer.Option(None, "--weights", help="A backbone's weights file.", show_default=False),
+        weights: Optional[Path] = typer.Option(None, "--weights", help="A backbone's weights file.  [default: its cached file, else random init]", show_default=False),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ):
         """Conformance checks of registered components on vit-tiny: build, forward, a non-zero gradient

@@ -16,7 +16,9 @@ from typing import Any, List, Optional
 
 import typer
 
+from .. import hookimpl
 from ..errors import UsageError
+from ..run_handle import latest_link, point_latest
 from .output import complete_from, err, info, out, print_json, progress_enabled, safe
 from .train_help import train_help
 
@@ -56,11 +58,14 @@ def default_run_dir(task: str, strategy: str, backbone: str) -> Path:
     from .. import paths
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return paths.runs_dir() / f"{task.replace('/', '-')}-{strategy}-{backbone}-{stamp}"
+    from ..run_handle import unique_run_dir
+
+    return unique_run_dir(paths.runs_dir() / f"{task.replace('/', '-')}-{strategy}-{backbone}-{stamp}")
 
 
 class EpochProgress:
-    """A rich progress bar on stderr: epoch, loss, acc, images/s and ETA."""
+    """A rich progress bar on stderr per epoch: train loss and accuracy, images/s, ETA, and the epoch's
+    val accuracy once it is measured (the bar observes the run through the `lspt_on_epoch_end` hook)."""
 
     def __init__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -69,21 +74,42 @@ class EpochProgress:
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:.0f} img/s"),
+            TextColumn("train loss {task.fields[loss]:.4f}  train acc {task.fields[acc]:5.1f}%  {task.fields[ips]:.0f} img/s"
+                       "{task.fields[val]}"),
             TimeRemainingColumn(),
             console=err,
             transient=False,
         )
 
     def __enter__(self):
+        self.tasks: dict[int, Any] = {}  # epoch (1-based) -> its bar
         self.progress.start()
         return self
+
+    @contextlib.contextmanager
+    def watching(self, host):
+        """Registered as a plugin for the run, so `lspt_on_epoch_end` brings each epoch's val accuracy."""
+        if host is None:
+            yield
+            return
+        host.add_plugin(self, "lspt-progress")
+        try:
+            yield
+        finally:
+            host.remove_plugin("lspt-progress")
+
+    @hookimpl
+    def lspt_on_epoch_end(self, run, metrics):
+        task = self.tasks.get(metrics.get("epoch"))
+        if task is not None and metrics.get("val_acc") is not None:
+            self.progress.update(task, val=f"  val acc {metrics['val_acc']:5.1f}%")
 
     def __exit__(self, *exc):
         self.progress.stop()
 
     def factory(self, epoch: int, epochs: int, n_images: int):
-        task = self.progress.add_task("train", total=n_images, epoch=f"{epoch + 1}/{epochs}", loss=0.0, acc=0.0, ips=0.0)
+        task = self.progress.add_task("train", total=n_images, epoch=f"{epoch + 1}/{epochs}", loss=0.0, acc=0.0, ips=0.0, val="")
+        self.tasks[epoch + 1] = task
 
         def update(n: int, done: bool = False, **fields):
             if done:
@@ -116,7 +142,6 @@ def register(app: typer.Typer) -> None:
         head_init: Optional[str] = typer.Option(None, "--head-init", help=train_help("head_init")),
         ddp_batch: Optional[str] = typer.Option(None, "--ddp-batch", help=train_help("ddp_batch")),
         lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help=train_help("lr_scaling")),
-        readout: Optional[str] = typer.Option(None, "--readout", help=train_help("readout")),
         seed: Optional[int] = typer.Option(None, "--seed", help=train_help("seed")),
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
         device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
@@ -151,7 +176,7 @@ def register(app: typer.Typer) -> None:
                     protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr,
                     weight_decay=weight_decay, optimizer=optimizer, grad_clip=grad_clip, amp=amp,
                     schedule=schedule, head_init=head_init, ddp_batch=ddp_batch, lr_scaling=lr_scaling,
-                    readout=readout, seed=seed, num_workers=num_workers, device=device, threads=threads,
+                    seed=seed, num_workers=num_workers, device=device, threads=threads,
                 ).items() if v is not None
             }
             config = resolve_config(
@@ -164,10 +189,13 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             print_json({**config.to_json(), "lr_trained": config.train.scaled_lr, "run_dir": str(run_dir)})
             return
+        if resume is None:
+            _check_task_ready(config.task)  # before "Run directory:": a missing task leaves nothing behind
         summary = run_tune(config, run_dir, resume=resume is not None, json_=json_, quiet=quiet, host=host,
                            allow_existing=allow_existing)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
             return
+        point_latest(Path(run_dir).resolve())  # runs/<task>-<strategy>-<backbone>-latest (lspt_cli/run_handle.py)
         if json_:
             print_json(summary)
         else:
@@ -195,6 +223,13 @@ def _resume_config(ctx, config, **changes):
     config.train = dataclasses.replace(config.train, **{k: v for k, v in changes.items() if v is not None})
     config.train.validate("--resume")
     return config
+
+
+def _check_task_ready(task: str) -> None:
+    """The task's manifest loads (digits prepares itself), or its DataError says how to prepare it."""
+    from ..data.manifest import load_manifest
+
+    load_manifest(task)
 
 
 def _check_fresh_run_dir(run_dir: Path, allow_existing: bool) -> None:
@@ -247,7 +282,7 @@ def _run(config, run_dir: Path, *, resume: bool, log, show: bool, host) -> dict:
 
     try:
         if show:
-            with EpochProgress() as bar:
+            with EpochProgress() as bar, bar.watching(host):
                 trainer = Trainer(config, run_dir, host=host, log=log, progress_factory=bar.factory)
                 summary = trainer.run(resume=resume)
         else:
@@ -269,8 +304,39 @@ def _print_summary(summary: dict) -> None:
         f"{safe(summary['task'])} | {safe(summary['strategy'])} on {safe(summary['backbone'])}: "
         f"test top-1 {summary['test_top1']:.2f}% (mean per class {summary['test_mean_per_class']:.2f}%)"
         + (f", val top-1 {val:.2f}%" if val is not None else "")
-        + f", epoch {summary['selected_epoch']}/{summary['epochs']}, {summary['seconds']:.1f} s, "
+        + f", {_selected(summary)}, {summary['seconds']:.1f} s, "
         f"{summary['params']['trainable']:,} trainable parameters"
     )
     if summary.get("bundle"):
         out.print(f"bundle: {safe(summary['bundle'])} ({summary['bundle_bytes']:,} bytes)")
+    link = latest_link(Path(summary["run_dir"]))
+    if link is not None and link.resolve() == Path(summary["run_dir"]).resolve():
+        out.print(f"latest: {safe(str(link))}")
+    note = _baseline_note(Path(summary["run_dir"]))
+    if note:
+        err.print(note, markup=False, highlight=False)
+
+
+def _selected(summary: dict) -> str:
+    """"epoch 19/25 selected on val (best val top-1)" or "epoch 25/25 (last epoch (train+val))"."""
+    epoch = f"epoch {summary['selected_epoch']}/{summary['epochs']}"
+    selection = summary.get("selection") or ""
+    if selection.startswith("best val"):
+        return f"{epoch} selected on val ({selection})"
+    return f"{epoch} ({selection})" if selection else epoch
+
+
+def _baseline_note(run_dir: Path) -> str | None:
+    """What the accuracy is measured against: chance (1 / classes), and a random-init backbone."""
+    from ..rundir import CONFIG_NAME
+
+    try:
+        meta = json.loads((run_dir / CONFIG_NAME).read_text())["meta"]
+        classes = len(meta["task"]["classes"])
+        source = str(meta["backbone"].get("source") or "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    note = f"Note: chance is {100.0 / classes:.1f}% ({classes} classes)"
+    if source.startswith("random init"):
+        note += f"; the backbone is not pretrained ({source}), so the number only shows that the pipeline learns"
+    return note + "."
