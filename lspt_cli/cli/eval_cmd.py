@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         data_cfg = model.backbone.data_config
         loader = build_loader(
             manifest, split, input_size=int(data_cfg["input_size"][-1]), mean=data_cfg["mean"], std=data_cfg["std"],
-            train=False, batch_size=batch_size,
+            train=False, batch_size=batch_size, style=header.task.get("style"),  # the training run's transform
         )
         result = evaluate(model, loader, dev, len(manifest.classes), amp=dev.type == "cuda")
         doc = {

@@ -48,12 +48,15 @@ def predict_images(bundle_paths, image_paths, *, top_k=5, weights=None, allow_ba
         models.append(model.to(dev))
         headers.append(header)
     data_cfg = backbone.data_config
-    benchmarks = {h.task.get("benchmark", "custom") for h in headers}
-    # Eval transforms differ only by benchmark family; group images by it (usually one family).
+    # Eval transforms differ by benchmark family and the recorded style (VTAB: TF1 resize under protocol
+    # paper, PIL's under lspt; none recorded: the benchmark's `lspt` one); group bundles by both.
+    families = {(h.task.get("benchmark", "custom"), h.task.get("style") or "") for h in headers}
     results: dict[str, dict[str, list]] = {str(p): {} for p in bundle_paths}
-    for benchmark in sorted(benchmarks):
-        members = [i for i, h in enumerate(headers) if h.task.get("benchmark", "custom") == benchmark]
-        transform = build_transform(benchmark, int(data_cfg["input_size"][-1]), data_cfg["mean"], data_cfg["std"], train=False)
+    for benchmark, style in sorted(families):
+        members = [i for i, h in enumerate(headers)
+                   if (h.task.get("benchmark", "custom"), h.task.get("style") or "") == (benchmark, style)]
+        transform = build_transform(benchmark, int(data_cfg["input_size"][-1]), data_cfg["mean"], data_cfg["std"],
+                                    train=False, style=style or None)
         for start in range(0, len(image_paths), batch_size):
             chunk = image_paths[start : start + batch_size]
             images = torch.stack([transform(load_image(p)) for p in chunk]).to(dev)

@@ -142,6 +142,7 @@ def register(app: typer.Typer) -> None:
         head_init: Optional[str] = typer.Option(None, "--head-init", help=train_help("head_init")),
         ddp_batch: Optional[str] = typer.Option(None, "--ddp-batch", help=train_help("ddp_batch")),
         lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help=train_help("lr_scaling")),
+        readout: Optional[str] = typer.Option(None, "--readout", help=train_help("readout")),
         seed: Optional[int] = typer.Option(None, "--seed", help=train_help("seed")),
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
         device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
@@ -176,7 +177,7 @@ def register(app: typer.Typer) -> None:
                     protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr,
                     weight_decay=weight_decay, optimizer=optimizer, grad_clip=grad_clip, amp=amp,
                     schedule=schedule, head_init=head_init, ddp_batch=ddp_batch, lr_scaling=lr_scaling,
-                    seed=seed, num_workers=num_workers, device=device, threads=threads,
+                    readout=readout, seed=seed, num_workers=num_workers, device=device, threads=threads,
                 ).items() if v is not None
             }
             config = resolve_config(
