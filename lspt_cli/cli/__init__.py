@@ -225,9 +225,10 @@ def create_app(load_plugins: bool = True) -> typer.Typer:
 
     commands.add_builtin_commands(app)
     if load_plugins:
-        from ..plugins import get_host, _command_name
+        from ..plugins import _command_name, _group_name, get_host
 
         builtin = {_command_name(info) for info in app.registered_commands}
+        builtin |= {_group_name(info) for info in app.registered_groups}
         get_host().register_commands(app, reserved=builtin)
     return app
 
@@ -235,6 +236,8 @@ def create_app(load_plugins: bool = True) -> typer.Typer:
 def main(argv: list[str] | None = None) -> None:
     try:
         app = create_app()
+    except KeyboardInterrupt:  # Ctrl-C while plugins load
+        sys.exit(130)
     except Exception as exc:  # e.g. LSPT_STRICT_PLUGINS=1 with a broken plugin
         if debug():
             raise
