@@ -50,7 +50,9 @@ def make_config(task: str = "mini", strategy: str = "vpt-deep", *, final: bool =
     from lspt_cli.plugins import get_host
     from lspt_cli.recipes import resolve_config
 
-    knobs = dict(epochs=1, warmup_epochs=0, batch_size=16, optimizer="sgd", lr=0.1, momentum=0.9,
+    # protocol lspt: per-step schedule (step 0 trains at the full lr with no warm-up), custom tasks'
+    # finals on train+val; every knob a test's arithmetic depends on is set here explicitly
+    knobs = dict(protocol="lspt", schedule="per-step", lr_scaling="none", epochs=1, warmup_epochs=0, batch_size=16, optimizer="sgd", lr=0.1, momentum=0.9,
                  weight_decay=0.0, grad_clip=0.0, amp="off", device="cpu", threads=1, seed=0, num_workers=0)
     knobs.update(train)
     return resolve_config(backbone="vit-tiny", strategy=strategy, task=task, benchmark="custom",
