@@ -26,22 +26,19 @@ def register(app: typer.Typer) -> None:
         """List loaded plugins (built-in and external) and the components each registered."""
         if ctx.invoked_subcommand is not None:
             return
-        from rich.table import Table
-
         from ..plugins import get_host
 
         records = sorted(get_host().records.values(), key=lambda r: (not r.builtin, r.name))
         if json_:
             print_json([r.to_json() for r in records])
             return
-        table = Table("plugin", "distribution", "version", "registered", "status")
-        for column in table.columns[:3]:
-            column.no_wrap = True  # names are never cut; the "registered" column wraps instead
+        # One block per plugin rather than a table: long names and errors are never cut at any width.
         for r in records:
-            registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in r.components.items()) or "-"
+            origin = f"{r.dist} {r.version}".strip() or "registered in-process"
             status = f"[red]failed: {safe(r.error)}[/]" if r.error else "ok"
-            table.add_row(safe(r.name), safe(r.dist or "-"), safe(r.version or "-"), safe(registered), status)
-        out.print(table)
+            out.print(f"[bold]{safe(r.name)}[/]  ({safe(origin)}{', built-in' if r.builtin else ''}): {status}")
+            for kind, names in r.components.items():
+                out.print(f"  {kind}: {safe(', '.join(names))}")
 
     @plugins_app.command("check")
     def check(
