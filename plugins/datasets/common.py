@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
+from lspt_cli.atomic import read_regular_bytes
 from lspt_cli.data.manifest import Manifest
 from lspt_cli.errors import DataError
 
@@ -39,7 +40,7 @@ def read_rows(task: str, path: Path, ncols: int, layout: str, rest_joined: bool 
     line when `rest_joined`, e.g. class names with spaces). Blank lines are skipped."""
     rows = []
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_split_file(task, path, layout).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise layout_error(task, f"{path} is not a UTF-8 text file", layout) from None
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -55,6 +56,17 @@ def read_rows(task: str, path: Path, ncols: int, layout: str, rest_joined: bool 
     if not rows:
         raise layout_error(task, f"{path} is empty", layout)
     return rows
+
+
+MAX_SPLIT_FILE_BYTES = 256 * 2**20  # a split list of millions of images is still far below this
+
+
+def read_split_file(task: str, path: Path, layout: str) -> bytes:
+    """A split/annotation file's bytes: a regular file only (a FIFO never hangs), size-capped."""
+    try:
+        return read_regular_bytes(path, "split file", DataError, MAX_SPLIT_FILE_BYTES)
+    except DataError as exc:
+        raise layout_error(task, exc.message, layout) from None
 
 
 def parse_int(task: str, path: Path, value: str, what: str, layout: str) -> int:
@@ -166,7 +178,7 @@ def read_vpt_json(
                 hint="provide all of train.json, val.json, test.json, or remove them to carve val from train",
             )
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_strict_pairs(path, task, layout))
+            doc = json.loads(read_split_file(task, path, layout).decode("utf-8"), object_pairs_hook=_strict_pairs(path, task, layout))
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
             if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError, RecursionError)):
                 raise layout_error(task, f"{path} is not valid JSON ({type(exc).__name__}: {exc})", layout) from None

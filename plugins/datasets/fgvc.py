@@ -126,10 +126,15 @@ def prepare_nabirds(root: Path | None, out_dir: Path | None = None, *, val_fract
 
 # -- .mat helpers -------------------------------------------------------------------------------------
 def _loadmat(task: str, path: Path, layout: str) -> dict:
+    import io
+
     import scipy.io
 
+    from .common import read_split_file
+
+    data = read_split_file(task, path, layout)  # a regular file only: a FIFO never hangs
     try:
-        return scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=True)
+        return scipy.io.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=True)
     except Exception as exc:  # scipy raises ValueError, TypeError, MatReadError, ... on a bad file
         raise layout_error(task, f"{path} is not a readable .mat file ({type(exc).__name__}: {exc})", layout) from None
 
