@@ -92,14 +92,21 @@ def print_json(obj: Any) -> None:
 
 def error_line(message: object, hint: object | None = None) -> None:
     """`Error: <message>` as one printable line on stderr, then `Hint: <hint>` if given."""
-    err.print(Text.assemble(("Error:", "bold red"), " ", one_line(message)), soft_wrap=True)
+    _to_stderr(Text.assemble(("Error:", "bold red"), " ", one_line(message)))
     if hint:
-        err.print(Text(f"Hint: {one_line(hint)}"), soft_wrap=True)
+        _to_stderr(Text(f"Hint: {one_line(hint)}"))
 
 
 def warning_line(message: object) -> None:
     """`Warning: <message>` as one printable line on stderr."""
-    err.print(Text.assemble(("Warning:", "yellow"), " ", one_line(message)), soft_wrap=True)
+    _to_stderr(Text.assemble(("Warning:", "yellow"), " ", one_line(message)))
+
+
+def _to_stderr(text: Text) -> None:
+    try:
+        err.print(text, soft_wrap=True)
+    except (OSError, ValueError):  # stderr full or closed: there is nobody to tell
+        pass
 
 
 def progress_enabled(json_mode: bool = False, quiet: bool = False) -> bool:

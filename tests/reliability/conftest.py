@@ -60,6 +60,9 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("lspt reliability")
+    cases = [what for kind, what in _proven if kind != "fuzz"]
+    tr.write_line(f"hostile cases handled: {len(cases)} ({len(set(cases))} distinct labels), "
+                  f"plus {sum(kind == 'fuzz' for kind, _ in _proven)} fuzz examples")
     for kind, label in KINDS.items():
         whats = Counter(what for k, what in _proven if k == kind)
         tr.write_line(f"{label}: {sum(whats.values())}")
