@@ -127,6 +127,12 @@ def parse_seeds(text: str | None) -> list[int]:
         raise UsageError(f"--seeds expects integers separated by commas, got {text!r}") from None
     if not seeds:
         raise UsageError("--seeds needs at least one seed")
+    from .validate import TRAIN_RULES
+
+    for seed in seeds:  # the same range as tune's --seed, refused before any trial is planned
+        problem = TRAIN_RULES["seed"].problem(seed)
+        if problem:
+            raise UsageError(f"--seeds: each seed {problem}")
     return list(dict.fromkeys(seeds))
 
 

@@ -136,3 +136,11 @@ def test_every_rule_refuses_nan_and_infinity():
     for key, rule in TRAIN_RULES.items():
         for value in (float("nan"), float("inf"), float("-inf"), True, "1"):
             assert rule.problem(value), (key, value)
+
+
+@pytest.mark.parametrize("seeds", [str(2**70), "1,-1", f"42,{2**63 - 1}"])
+def test_sweep_seeds_out_of_range_are_refused_before_planning(seeds, cli_err, tally):
+    code, out, err = cli_err("sweep", "--backbone", "vit-tiny", "--task", "digits", "--strategy", "vpt-deep", "--plan",
+                             "--seeds", seeds)
+    assert_clean_error(code, out, err, "--seeds", exit_code=2)
+    tally.bad_input(f"option: sweep --seeds {seeds[:24]}")
