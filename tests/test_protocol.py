@@ -437,7 +437,12 @@ def test_paper_is_fp32_on_every_device():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert PROTOCOL_DEFAULTS["paper"]["amp"] == "off" and PROTOCOL_DEFAULTS["lspt"]["amp"] == "auto"
     assert not use_bf16("off", cuda) and not use_bf16("off", cpu)
-    assert use_bf16("auto", cuda) and not use_bf16("auto", cpu) and use_bf16("bf16", cpu)
+    assert not use_bf16("auto", cpu) and use_bf16("bf16", cpu)
+    with pytest.MonkeyPatch.context() as mp:  # `auto` is bf16 exactly where CUDA supports it
+        mp.setattr(torch.cuda, "is_available", lambda: True)
+        for supported in (True, False):
+            mp.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported: s)
+            assert use_bf16("auto", cuda) is supported and not use_bf16("off", cuda)
 
 
 @pytest.mark.slow

@@ -79,8 +79,11 @@ def epoch_lr_factor(epoch: int, warmup_epochs: int, epochs: int) -> float:
 
 
 def use_bf16(amp: str, device: torch.device) -> bool:
-    """bf16 autocast: `off` (the papers' fp32, protocol paper), `bf16` always, `auto` on CUDA (protocol lspt)."""
-    return amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    """bf16 autocast: `off` (the papers' fp32, protocol paper), `bf16` always, `auto` on a CUDA device
+    that supports bf16 (protocol lspt; older GPUs stay fp32)."""
+    if amp == "auto" and device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return amp == "bf16"
 
 
 def rank_batch(cfg, world_size: int) -> int:
