@@ -130,6 +130,10 @@ def open_regular(path: str | os.PathLike, what: str = "file", error: type[LsptEr
     except IsADirectoryError:
         raise error(f"{path}: is a directory, not a regular file ({what} expected)") from None
     except OSError as exc:
+        with contextlib.suppress(OSError):  # a socket cannot be opened at all (ENXIO): say what it is
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise error(f"{path}: is {file_kind(mode)}, not a regular file ({what} expected)") from None
         raise error(f"{path}: cannot open {what} ({exc.strerror or exc})") from None
     try:
         st = os.fstat(fd)

@@ -196,7 +196,7 @@ def test_bad_checkpoint(cli_err, run_copy, tally, case, command):
         assert not (run_copy.parent / "out.safetensors").exists()
     assert_clean_error(code, out, err, *needles, exit_code=1)
     assert _snapshot(run_copy) == before
-    tally.bad_input(f"checkpoint.pt via {command}")
+    tally.bad_input(f"checkpoint.pt: {case} (via {command})")
 
 
 METRICS_CASES = {
@@ -233,7 +233,7 @@ def test_resume_refuses_options_it_would_ignore(cli_err, run_copy, tally, option
     code, out, err = cli_err("tune", "--resume", run_copy, *option, "-q")
     assert_clean_error(code, out, err, "--resume", option[0], "cannot be changed", exit_code=2)
     assert _snapshot(run_copy) == before
-    tally.bad_input("tune --resume with an option it cannot apply")
+    tally.bad_input(f"tune --resume with {option[0]}, which it cannot apply")
 
 
 SUMMARIES = {
