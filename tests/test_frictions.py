@@ -122,8 +122,9 @@ def test_fail_under_refuses_an_ambiguous_fraction_and_accepts_percent(trained):
     assert run_cli("eval", str(bundle), "--fail-under", above).exit_code == 3
     assert run_cli("eval", str(bundle), "--fail-under", f"{max(0.0, top1 - 1):.2f}").exit_code == 0
     assert run_cli("eval", str(bundle), "--fail-under", "0.5%").exit_code == (0 if top1 >= 0.5 else 3)
-    for bad in ("abc", "150", "-1", "nan"):
+    for bad in ("abc", "-1", "nan", "inf", "0.5x"):
         assert run_cli("eval", str(bundle), "--fail-under", bad).exit_code == 2, bad
+    assert run_cli("eval", str(bundle), "--fail-under", "100.1").exit_code == 3  # never met: a CI gate that fails
     readme = (ROOT / "README.md").read_text()
     assert "`--fail-under` is in percent" in readme
 

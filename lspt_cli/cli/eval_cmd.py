@@ -22,8 +22,8 @@ def parse_percent(value: str | None, flag: str) -> float | None:
         percent = float(number)
     except ValueError:
         raise UsageError(f"{flag} takes a percentage such as 75 or 75%, got {value!r}") from None
-    if not 0.0 <= percent <= 100.0:
-        raise UsageError(f"{flag} must be between 0 and 100 (percent), got {value!r}")
+    if not percent >= 0.0 or percent == float("inf"):  # NaN fails this too; above 100 never passes (exit 3)
+        raise UsageError(f"{flag} must be a percentage >= 0, got {value!r}")
     if 0.0 < percent < 1.0 and not text.endswith("%"):
         raise UsageError(
             f"{flag} {value} is ambiguous: the unit is percent, so it means {percent}% (almost any bundle passes)",
