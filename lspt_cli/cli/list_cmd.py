@@ -65,10 +65,23 @@ def register(app: typer.Typer) -> None:
         if kind == Kind.strategies:
             table.add_column("params (ViT-B/16, no head)", justify="right")
             table.add_column("defaults (--set KEY=VALUE)")
+        if kind == Kind.backbones:
+            table.add_column("readout")
+            table.add_column("input (size, mean / std)")
         for row in rows:
             cells = [safe(row["name"]), safe(row["description"])]
+            if kind == Kind.backbones:
+                cells += [safe(row["readout"]), _input_text(row)]
             if kind == Kind.strategies:
                 cells.append(f"{row['params_vitb16']:,}" if row["params_vitb16"] is not None else "?")
                 cells.append(safe(", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in row["defaults"].items()) or "-"))
             table.add_row(*cells)
         out.print(table)
+
+
+def _input_text(row: dict) -> str:
+    """"224 px, 0.485/0.456/0.406 / 0.229/0.224/0.225"; "timm's" where the model's config decides."""
+    size = f"{row['input_size']} px" if row.get("input_size") else "the model's size"
+    if not row.get("mean") or not row.get("std"):
+        return f"{size}, timm's mean/std"
+    return f"{size}, " + "/".join(f"{v:g}" for v in row["mean"]) + " / " + "/".join(f"{v:g}" for v in row["std"])
