@@ -53,8 +53,7 @@ TARGETS: dict[str, list[str]] = {
     "lspt_cli/engine/checkpoint.py": ["tests/reliability/test_crash_resume.py", "tests/test_tune_e2e.py"],
     "lspt_cli/engine/restore.py": ["tests/test_bundle.py", "tests/reliability/test_bad_inputs.py", "tests/test_trainer.py"],
     "lspt_cli/engine/train.py": ["tests/test_trainer.py", "tests/test_protocol.py", "tests/test_tune_workflows.py",
-                                 "tests/test_tune_e2e.py", "tests/reliability/test_disk_faults.py",
-                                 "tests/reliability/test_crash_resume.py"],
+                                 "tests/test_tune_e2e.py"],
     "plugins/strategies/__init__.py": ["tests/test_strategies.py"],
     "plugins/strategies/linear.py": ["tests/test_strategies.py"],
     "plugins/strategies/vpt.py": ["tests/test_strategies.py", "tests/test_trainer.py", "tests/test_explain.py"],
@@ -63,8 +62,13 @@ TARGETS: dict[str, list[str]] = {
     "lspt_cli/bundle.py": ["tests/test_bundle.py", "tests/reliability/test_fuzz.py", "tests/reliability/test_bad_inputs.py"],
     "lspt_cli/sweep.py::_tie_value,selection_key,select_best,ordered_point": ["tests/test_sweep.py"],
     "lspt_cli/data/transforms.py": ["tests/test_trainer.py", "tests/test_data_images.py", "tests/test_datasets.py"],
+}
+# Not in the default run (time), but available with --module.
+EXTRA_TARGETS: dict[str, list[str]] = {
     "lspt_cli/explain.py::rollout,compute_maps,TokenRecorder": ["tests/test_explain.py"],
 }
+# Too slow to run for every mutant (the 25-epoch quickstart); the fast tests pin the same behaviour.
+DESELECT = ["tests/test_tune_e2e.py::test_quickstart_learns_digits_far_above_chance"]
 # The bugs of issue 16, re-introduced by hand (`--bugs`): (name, file, [(old, new)], tests). Each must
 # make a test fail; the report names the first test that does.
 TRAINER_TESTS = ["tests/test_trainer.py", "tests/test_protocol.py", "tests/test_tune_workflows.py", "tests/test_tune_e2e.py"]
@@ -341,7 +345,8 @@ class FailureRecorder:
             self.failed.append(report.nodeid)
 
 
-def run_tests(root: Path, tests: list[str], timeout: float, record: str | None = None) -> tuple[str, float, dict]:
+def run_tests(root: Path, tests: list[str], timeout: float, record: str | None = None,
+              skip_slow: bool = True) -> tuple[str, float, dict]:
     """Fork a child that runs pytest -x on `tests` in the copy: killed, survived or timeout.
     With `record` (a file), the child also returns which test ran which line of it."""
     started = time.time()
@@ -357,7 +362,8 @@ def run_tests(root: Path, tests: list[str], timeout: float, record: str | None =
 
             failures = FailureRecorder()
             plugins = [failures] + ([LineRecorder(record)] if record else [])
-            code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests], plugins=plugins)
+            deselect = [a for t in DESELECT for a in ("--deselect", t)] if skip_slow else []
+            code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", *deselect, *tests], plugins=plugins)
             if record:
                 result_file.write_text(json.dumps({k: sorted(v) for k, v in plugins[1].lines.items()}))
             else:
@@ -408,7 +414,8 @@ def run_bugs(root: Path, timeout: float) -> int:
             source = source.replace(old, new)
         file.write_text(source)
         try:
-            outcome, took, info = run_tests(root, [t for t in tests if (root / t.split("::")[0]).exists()], timeout)
+            outcome, took, info = run_tests(root, [t for t in tests if (root / t.split("::")[0]).exists()], timeout,
+                                            skip_slow=False)
         finally:
             file.write_text(original)
         missed += outcome == "survived"
@@ -425,12 +432,14 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per mutant (default 180)")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--worktree", action="store_true", help="mutate the working tree's files, not HEAD's")
-    ap.add_argument("--limit", type=int, default=0, help="at most N mutants per module (0: all)")
+    ap.add_argument("--sample", type=int, default=0, help="a random sample of N mutants per module (0: all)")
+    ap.add_argument("--seed", type=int, default=0, help="the sample's seed")
     ap.add_argument("--bugs", action="store_true", help="re-introduce issue 16's bugs by hand; name the test that fails")
     args = ap.parse_args(argv)
     targets = TARGETS
     if args.module:
-        targets = {k: v for k, v in TARGETS.items() if k in args.module or k.split("::")[0] in args.module}
+        every = {**TARGETS, **EXTRA_TARGETS}
+        targets = {k: v for k, v in every.items() if k in args.module or k.split("::")[0] in args.module}
         if not targets:
             raise SystemExit(f"unknown module; choose from: {', '.join(TARGETS)}")
     root = make_copy(args.worktree)
@@ -450,8 +459,10 @@ def main(argv=None) -> int:
             file = root / path
             original = file.read_text()
             mutants = find_mutants(path, original, functions)
-            if args.limit:
-                mutants = mutants[: args.limit]
+            if args.sample and args.sample < len(mutants):
+                import random
+
+                mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.line, m.col))
             if args.list:
                 for m in mutants:
                     print(m.describe())
@@ -485,6 +496,7 @@ def main(argv=None) -> int:
             detected = counts["killed"] + counts["timeouts"]
             counts["score"] = round(100.0 * detected / counts["mutants"], 1) if counts["mutants"] else None
             counts["baseline_seconds"] = round(seconds, 1)
+            counts["sampled_from"] = len(find_mutants(path, original, functions)) if args.sample else None
             report["modules"][key] = counts
         if not args.list:
             report["seconds"] = round(time.time() - started, 1)
