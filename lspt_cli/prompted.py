@@ -26,8 +26,17 @@ class PromptStrategy(nn.Module):
     `config()` is what the bundle records to rebuild it.
     """
 
-    def __init__(self, dims: BackboneDims, **config: Any):
+    def __init__(self, dims: BackboneDims = None, **config: Any):
         super().__init__()
+        if dims is None or not hasattr(dims, "embed_dim"):  # the classic slip: super().__init__() without dims
+            from .errors import PluginError
+
+            kind = type(self)
+            raise PluginError(
+                f"strategy {kind.__module__}.{kind.__qualname__}: PromptStrategy.__init__ needs the backbone's "
+                f"BackboneDims as its first argument, got {type(dims).__name__}",
+                hint="call super().__init__(dims, **options) with the dims your factory receives (docs/plugins.md)",
+            )
         self.dims = dims
         self._config = dict(config)
 

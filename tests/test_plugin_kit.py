@@ -54,6 +54,12 @@ def _strategy_module():
         def before_block(self, index, x, state):
             return x + self.used if index == 0 else x
 
+    class NoDims(PromptStrategy):
+        """The issue's first slip: super().__init__() without dims."""
+
+        def __init__(self, dims):
+            super().__init__()
+
     class ZeroGradient(PromptStrategy):
         """Its tensor reaches the tokens times 0: a gradient that is exactly zero."""
 
@@ -107,7 +113,7 @@ def _strategy_module():
         def before_block(self, index, x, state):
             return super().before_block(index, x, state) + self.extra.sum() * 0.01
 
-    return dict(StartReturnsTokens=StartReturnsTokens, BiasNeverUsed=BiasNeverUsed, ZeroGradient=ZeroGradient,
+    return dict(StartReturnsTokens=StartReturnsTokens, BiasNeverUsed=BiasNeverUsed, ZeroGradient=ZeroGradient, NoDims=NoDims,
                 Shift=Shift, Unchecked=Unchecked, Unseeded=Unseeded, BigShift=BigShift)
 
 
@@ -132,6 +138,21 @@ def test_start_returning_tokens_is_an_error_naming_the_strategy(tiny_backbone):
     with pytest.raises(PluginError, match=r"StartReturnsTokens: start\(\) returned Tensor, not a dict") as info:
         model(torch.zeros(1, 3, 32, 32))
     assert "before_block" in info.value.hint
+
+
+def test_super_init_without_dims_is_one_error_naming_the_strategy(tiny_backbone):
+    from lspt_cli.errors import PluginError
+
+    with pytest.raises(PluginError, match=r"NoDims: PromptStrategy.__init__ needs the backbone's BackboneDims") as info:
+        _strategy_module()["NoDims"](tiny_backbone.dims)
+    assert "super().__init__(dims, **options)" in info.value.hint
+    with register_plugin(_plugin("nodims", "NoDims")):
+        task = fake_task()
+        result = run_cli("tune", "--backbone", "vit-tiny", "--task", task, "--strategy", "nodims", "--epochs", "1")
+        report = run_check("nodims")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr and "needs the backbone's BackboneDims" in result.stderr
+    assert report.result("build").status == "fail" and "super().__init__(dims" in report.result("build").hint
+    assert [r.status for r in report.results[1:]] == ["skip"] * (len(report.results) - 1)
 
 
 def test_start_returning_tokens_fails_tune_with_one_error_line():
@@ -376,10 +397,13 @@ def _pytest_env(**extra):
 
 
 def test_example_plugin_tests_pass_with_lspt_cli_testing(tmp_path):
-    site = tmp_path / "site"
+    import shutil
+
+    site, source = tmp_path / "site", tmp_path / "src"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(EXAMPLE)], check=True, capture_output=True)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=EXAMPLE,
+                    "--target", str(site), str(source)], check=True, capture_output=True)  # a copy: no build/ here
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=source,
                             env=_pytest_env(PYTHONPATH=str(site)), capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
     assert re.search(r"\b5 passed\b", result.stdout)

@@ -446,7 +446,7 @@ class Trainer:
         if self._interrupt:  # Ctrl-C after the last batch: checkpoint the finished epoch
             raise self._interrupted(epoch, step_in_epoch, running_state(loss_sum, correct, seen, train_seconds + time.time() - tick))
         seconds = train_seconds + time.time() - tick
-        dead = {} if watch is None else {"dead_tensors": watch.dead()}  # README: "Tensors that never learn"
+        dead = {} if watch is None else {"dead_tensors": watch.dead()}  # docs/plugins.md: "Tensors that never learn"
         if dead.get("dead_tensors") and self.dist.is_main:
             warn_dead(dead["dead_tensors"], watch.steps, "epoch 1")
         totals = self.dist.all_reduce_sum([loss_sum, correct, seen], self.device)
