@@ -41,17 +41,19 @@ class Rule:
             return f"must be a finite number, got {value}"
         too_low = value <= self.low if self.low_open else value < self.low
         too_high = value >= self.high if self.high_open else value > self.high
-        if too_low or too_high:
-            return f"must be {self.describe()}, got {value}"
+        if too_low:
+            return f"must be {self.lower_bound()}, got {value}"
+        if too_high:
+            return f"must be {'below' if self.high_open else 'at most'} {self.number(self.high)}, got {value}"
         return None
 
-    def describe(self) -> str:
-        def num(x: float) -> str:
-            return f"{x:,}" if self.kind is int else f"{x:g}"
+    def number(self, x: float) -> str:
+        return f"{int(x):,}" if self.kind is int else f"{x:g}"
 
-        low = f"> {num(self.low)}" if self.low_open else f">= {num(self.low)}"
-        high = f"< {num(self.high)}" if self.high_open else f"<= {num(self.high)}"
-        return f"{'an integer' if self.kind is int else 'a finite number'} {low} and {high}"
+    def lower_bound(self) -> str:
+        if self.kind is int:
+            return "a positive integer" if self.low == 1 else f"an integer >= {self.number(self.low)}"
+        return f"> {self.number(self.low)}" if self.low_open else f">= {self.number(self.low)}"
 
 
 TRAIN_RULES = {
@@ -89,12 +91,12 @@ def check_train(config: Any, where: str = "config") -> None:
 
 
 def check_options(values: dict[str, Any]) -> None:
-    """The command-line layer: a UsageError naming the flag (`--threads: must be ...`)."""
+    """The command-line layer: a ConfigError (exit 2) naming the flag (`--threads: must be ...`)."""
     for key, value in values.items():
         rule = TRAIN_RULES.get(key)
         problem = rule.problem(value) if rule else device_problem(value) if key == "device" else None
         if problem:
-            raise UsageError(f"{option_name(key)}: {problem}", hint="see 'lspt tune --help'")
+            raise ConfigError(f"{option_name(key)}: {problem}", hint="see 'lspt tune --help'")
 
 
 def device_problem(name: Any) -> str | None:

@@ -270,8 +270,8 @@ def test_missing_recipe_file(tmp_path):
 @pytest.mark.parametrize(
     "overrides, needle",
     [
-        ({"epochs": 0}, "'epochs' must be a positive integer"),
-        ({"batch_size": -1}, "'batch_size' must be a positive integer"),
+        ({"epochs": 0}, "--epochs: must be a positive integer"),  # a flag is named as the user typed it
+        ({"batch_size": -1}, "--batch-size: must be a positive integer"),
         ({"lr": "big"}, "'lr' must be float"),
         ({"nope": 1}, "unknown key 'nope'"),
     ],
