@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         from ..data.manifest import load_manifest
         from ..engine.evaluate import evaluate
         from ..engine.restore import model_from_bundle
-        from ..engine.train import resolve_device
+        from ..engine.train import resolve_device, use_bf16
 
         model, header = model_from_bundle(bundle_path, weights=weights, allow_backbone_mismatch=allow_backbone_mismatch)
         task = task or header.task.get("name")
@@ -70,7 +70,9 @@ def register(app: typer.Typer) -> None:
             manifest, split, input_size=int(data_cfg["input_size"][-1]), mean=data_cfg["mean"], std=data_cfg["std"],
             train=False, batch_size=batch_size, style=header.task.get("style"),  # the training run's transform
         )
-        result = evaluate(model, loader, dev, len(manifest.classes), amp=dev.type == "cuda")
+        # the precision the bundle was trained and selected in: fp32 for protocol paper, else bf16 where supported
+        amp = use_bf16("off" if header.meta("lspt.protocol") == "paper" else "auto", dev)
+        result = evaluate(model, loader, dev, len(manifest.classes), amp=amp)
         doc = {
             "bundle": str(bundle_path), "task": task, "split": split, "top1": result["top1"],
             "mean_per_class": result["mean_per_class"], "loss": result["loss"], "n": result["n"],
