@@ -249,9 +249,9 @@ def check_tensors(path: str | Path, tensors: dict[str, Any], expected: dict[str,
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing tensors {shorten_list(missing, quote=True)}")
+            parts.append(f"missing tensors [{shorten_list(missing, quote=True)}]")
         if unexpected:
-            parts.append(f"unexpected tensors {shorten_list(unexpected, quote=True)}")
+            parts.append(f"unexpected tensors [{shorten_list(unexpected, quote=True)}]")
         raise BundleError(f"{path}: does not fit the model: " + "; ".join(parts))
     for name, ref in expected.items():
         if tuple(tensors[name].shape) != tuple(ref.shape):
