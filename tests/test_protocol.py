@@ -319,6 +319,13 @@ def test_paper_run_schedule_scaling_fp32_no_clip_and_records(cli, tmp_path, monk
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["protocol"] == "paper"
     with safe_open(str(tmp_path / "run" / "bundle.safetensors"), "pt") as f:
         assert f.metadata()["lspt.protocol"] == "paper"
+    asked = []  # `lspt eval` of a paper bundle asks for fp32 (`off`), on any device
+    from lspt_cli.engine import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "use_bf16", lambda amp, device: asked.append(amp) or False)
+        assert cli("eval", str(tmp_path / "run" / "bundle.safetensors"), "--json").exit_code == 0
+    assert asked == ["off"]
 
     # interrupted after 4 batches of epoch 4 (the cosine part), resumed: the same steps, the same bundle
     seen["lr"].clear()
