@@ -2,14 +2,13 @@
 
 Training never skips an image silently: a zero-byte, truncated or corrupt file, a path that is a
 directory or a special file (a FIFO would hang the reader), or a decompression bomb (more pixels than
-PIL's MAX_IMAGE_PIXELS: its warning is turned into this error, never printed) stops with the path in
-the message. Every command opens images through `load_image`.
+PIL's default MAX_IMAGE_PIXELS, checked from the header before decoding; PIL's own warning is never
+printed) stops with the path in the message. Every command opens images through `load_image`.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 from .. import atomic
@@ -48,18 +47,19 @@ def to_rgb(img):
 
 
 def _pil():
-    """PIL's Image module, with its decompression-bomb warning made an exception (process-wide,
-    set once: `warnings.catch_warnings` is not thread-safe and --verify decodes in threads)."""
+    """PIL's Image module, with its own decompression-bomb check (a warning, or an error at twice the
+    limit) replaced by ours in load_image: a warning filter is process-global, not thread-safe to
+    change per call (--verify decodes in threads) and undone by anyone's catch_warnings."""
     from PIL import Image
 
-    global _BOMB_FILTER_SET
-    if not _BOMB_FILTER_SET:
-        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-        _BOMB_FILTER_SET = True
+    global MAX_PIXELS
+    if Image.MAX_IMAGE_PIXELS is not None:
+        MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS)
+        Image.MAX_IMAGE_PIXELS = None
     return Image
 
 
-_BOMB_FILTER_SET = False
+MAX_PIXELS = 89_478_485  # PIL's default limit (about 0.25 GiB of RGB); images above it are refused
 
 
 def load_image(path: str | os.PathLike):
@@ -72,17 +72,18 @@ def load_image(path: str | os.PathLike):
         raise DataError(f"image path is a directory, not an image file: {path}")
     fh = atomic.open_regular(path, "image file", DataError)  # a FIFO or device: DataError, never a hang
     try:
-        with fh, Image.open(fh) as img:
+        with fh, Image.open(fh) as img:  # reads the header only
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise DataError(
+                    f"image {path} is too large to decode safely ({width}x{height} = {width * height:,} pixels, "
+                    f"more than {MAX_PIXELS:,}: a possible decompression bomb)",
+                    hint="resize it, or remove it from the dataset",
+                )
             img.load()
             rgb = to_rgb(img)
             if rgb is img:
                 rgb = img.copy()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(
-            f"image {path} is too large to decode safely ({exc})".replace("\n", " "),
-            hint="resize it below PIL's limit of "
-            f"{Image.MAX_IMAGE_PIXELS:,} pixels, or remove it from the dataset",
-        ) from None
     except MemoryError:
         raise DataError(f"image {path} does not fit in memory when decoded") from None
     except FileNotFoundError:
