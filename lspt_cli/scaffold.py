@@ -351,7 +351,7 @@ def load(weights=None):
     from timm.models.vision_transformer import VisionTransformer
 
     from lspt_cli.backbone import FrozenBackbone
-    from lspt_cli.weights import read_checkpoint, strict_load
+    from lspt_cli.weights import read_state_dict, strict_load
 
     with torch.random.fork_rng(devices=[]):  # a fixed init that leaves the caller's RNG alone
         torch.manual_seed(SEED)
@@ -359,7 +359,7 @@ def load(weights=None):
     if weights is None:
         return FrozenBackbone(model, "{component}", "cls", source=f"random init (seed {{SEED}})")
     file = Path(weights).expanduser()
-    strict_load(model, read_checkpoint(file), source=str(file))  # safe reading (weights_only)
+    strict_load(model, read_state_dict(file), source=str(file))  # never unpickles code; names missing keys
     return FrozenBackbone(model, "{component}", "cls", source=f"weights from {{file}}", weights_file=file)
 '''
 
