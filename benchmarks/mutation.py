@@ -253,6 +253,29 @@ def find_mutants(path: str, source: str, functions: set[str] | None) -> list[Mut
     return out
 
 
+def import_time_lines(source: str) -> dict[int, set[int]]:
+    """Lines executed at import, not when a test runs them: a def's signature (defaults) maps to its
+    body's lines; a module-level or class-level statement maps to every line of the file."""
+    tree = ast.parse(source)
+    everything = set(range(1, len(source.splitlines()) + 1))
+    out: dict[int, set[int]] = {}
+
+    def visit(body, top: bool):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = node.body[0].lineno
+                for line in range(node.lineno, first):
+                    out[line] = set(range(first, node.end_lineno + 1))
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body, True)
+            elif top:
+                for line in range(node.lineno, node.end_lineno + 1):
+                    out[line] = everything
+
+    visit(tree.body, True)
+    return out
+
+
 def apply(source: str, m: Mutant) -> str:
     lines = source.splitlines(keepends=True)
     offsets = [0]
@@ -364,10 +387,8 @@ def run_tests(root: Path, tests: list[str], timeout: float, record: str | None =
             plugins = [failures] + ([LineRecorder(record)] if record else [])
             deselect = [a for t in DESELECT for a in ("--deselect", t)] if skip_slow else []
             code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", *deselect, *tests], plugins=plugins)
-            if record:
-                result_file.write_text(json.dumps({k: sorted(v) for k, v in plugins[1].lines.items()}))
-            else:
-                result_file.write_text(json.dumps({"failed": failures.failed}))
+            lines = {k: sorted(v) for k, v in plugins[1].lines.items()} if record else {}
+            result_file.write_text(json.dumps({"lines": lines, "failed": failures.failed}))
             os._exit(int(code))
         except BaseException:
             os._exit(99)
@@ -442,6 +463,7 @@ def main(argv=None) -> int:
         targets = {k: v for k, v in every.items() if k in args.module or k.split("::")[0] in args.module}
         if not targets:
             raise SystemExit(f"unknown module; choose from: {', '.join(TARGETS)}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still removes the copy
     root = make_copy(args.worktree)
     os.environ.update(child_env(root))
     sys.path.insert(0, str(root))
@@ -468,13 +490,19 @@ def main(argv=None) -> int:
                     print(m.describe())
                 continue
             tests = [t for t in tests if (root / t.split("::")[0]).exists()]
-            baseline, seconds, covered = run_tests(root, tests, args.timeout * 5, record=str(file))
+            baseline, seconds, info = run_tests(root, tests, args.timeout * 5, record=str(file))
             if baseline != "survived":
-                raise SystemExit(f"mutation: the tests of {key} fail without any mutant ({baseline}); fix them first")
+                raise SystemExit(f"mutation: the tests of {key} fail without any mutant ({baseline}: "
+                                 f"{', '.join(info.get('failed', []))}); fix them first")
+            covered = info["lines"]
             order = {t: i for i, t in enumerate(covered)}  # the baseline's order: fast files first
+            import_time = import_time_lines(original)
             counts = {"mutants": 0, "killed": 0, "survived": 0, "timeouts": 0, "not_run_by_any_test": 0}
             for m in mutants:
                 span = set(range(m.line, m.end_line + 1))
+                # a line run at import (a def's defaults, a module constant) counts for every test that
+                # runs the function (or, at module level, any line of the file)
+                span = import_time.get(m.line, span)
                 selected = sorted((t for t, lines in covered.items() if span & set(lines)), key=order.get)
                 selected += [t for t in SUBPROCESS_TESTS.get(path, []) if t not in selected]
                 counts["mutants"] += 1
