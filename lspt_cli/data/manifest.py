@@ -24,6 +24,7 @@ from .. import atomic, paths
 from ..errors import DataError, UsageError
 
 SCHEMA = 1
+MAX_MANIFEST_BYTES = 2**30  # ~15 M images; a bigger (or endless) manifest.json is refused, not read
 MANIFEST_FILE = "manifest.json"
 SPLITS = ("train", "val", "test", "trainval")
 BENCHMARKS = ("fgvc", "vtab", "custom")
@@ -229,7 +230,7 @@ def save_manifest(manifest: Manifest) -> tuple[Path, bool]:
     manifest.directory = path.parent
     if path.exists():
         try:
-            old = json.loads(atomic.read_regular_text(path, "manifest", DataError))
+            old = json.loads(atomic.read_regular_text(path, "manifest", DataError, MAX_MANIFEST_BYTES))
         except (DataError, ValueError, RecursionError):
             old = None
         if isinstance(old, dict):
@@ -266,7 +267,7 @@ def load_manifest(task: str, name: str | None = None) -> Manifest:
     if not path.exists():
         raise _not_prepared(task_id, path)
     try:
-        doc = json.loads(atomic.read_regular_text(path, "manifest", DataError))
+        doc = json.loads(atomic.read_regular_text(path, "manifest", DataError, MAX_MANIFEST_BYTES))
     except (OSError, ValueError, RecursionError) as exc:
         raise DataError(
             f"manifest of task '{task_id}' is unreadable: {path} ({exc})",
