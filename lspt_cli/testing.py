@@ -317,8 +317,8 @@ def _strategy_checks(checks: _Checks, name: str, host, tmp: Path, *, backbone: s
             raise _Fail("an unknown option was accepted", "list every option in StrategySpec.defaults")
         tried = []
         for key, default in spec.defaults.items():
-            if isinstance(default, str) or default is None:
-                continue  # a string option's valid values are the strategy's business
+            if not isinstance(default, (bool, int, float)):
+                continue  # strings, lists, None: their valid values are the strategy's business
             tried.append(key)
             try:
                 m = PromptedViT(frozen, build_strategy(name, dims, {key: "abc"}, host=host), CLASSES)
