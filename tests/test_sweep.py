@@ -103,7 +103,8 @@ def test_plan_prints_tune_commands_and_runs_nothing(cli, tmp_path, monkeypatch):
     vals = {"lr0.01-wd0-seed42": 50.0, "lr0.01-wd0.0001-seed42": 60.0, "lr0.02-wd0-seed42": 60.0, "lr0.02-wd0.0001-seed42": 10.0}
     for name, val in vals.items():
         (out / "digits" / name).mkdir(parents=True, exist_ok=True)
-        (out / "digits" / name / "summary.json").write_text(json.dumps({"val_top1": val, "test_top1": 1.0}))
+        (out / "digits" / name / "summary.json").write_text(json.dumps(
+            {"task": "digits", "backbone": "vit-tiny", "strategy": "vpt-deep", "val_top1": val, "test_top1": 1.0}))
     result = cli("sweep", *BASE, *GRID, "--seeds", "42,44", "--out", str(out), "--plan")
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2 and all("--final" in shlex.split(line) for line in lines)
@@ -196,7 +197,7 @@ def test_sweep_selects_runs_finals_and_resumes(cli, tmp_path, monkeypatch):
     # lspt report on the sweep dir: the final runs, mean ± std
     md = cli("report", str(out))
     assert md.exit_code == 0, md.output
-    assert "| vit-tiny | vpt-deep | digits | 2 final | 42,44 |" in md.stdout
+    assert "| vit-tiny | vpt-deep | lspt | digits | 2 final | 42,44 |" in md.stdout
     assert f"{fin['mean']:.2f} ± {fin['std']:.2f}" in md.stdout
     rows = cli("report", str(out), "--format", "csv").stdout.splitlines()
     assert rows[0].startswith("backbone,strategy,benchmark") and rows[1].startswith("vit-tiny,vpt-deep,other,,digits,2,True,")
@@ -222,7 +223,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(cli, tmp_path, monkey
     doc = json.loads(result.stdout)
     by_name = {t["name"]: t for t in doc["trials"]}
     assert by_name["lr0.02-seed42"]["status"] == "failed" and "simulated crash" in by_name["lr0.02-seed42"]["error"]
-    assert by_name["lr-1-seed42"]["status"] == "failed" and "'lr' must be > 0" in by_name["lr-1-seed42"]["error"]
+    assert by_name["lr-1-seed42"]["status"] == "failed" and "--lr: must be > 0" in by_name["lr-1-seed42"]["error"]
     assert by_name["lr0.01-seed42"]["status"] == "finished"
     assert doc["selections"]["digits"]["point"] == {"lr": 0.01} and doc["selections"]["digits"]["failed"] == 2
     assert by_name["final-lr0.01-seed42"]["status"] == "finished"  # the finals still ran
