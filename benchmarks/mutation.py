@@ -336,6 +336,10 @@ class LineRecorder:
         self.target = target
         self.current: str | None = None
         self.lines: dict[str, set[int]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report):
+        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
 
     def _global(self, frame, event, arg):
         return self._local if frame.f_code.co_filename == self.target else None
@@ -388,7 +392,8 @@ def run_tests(root: Path, tests: list[str], timeout: float, record: str | None =
             deselect = [a for t in DESELECT for a in ("--deselect", t)] if skip_slow else []
             code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", *deselect, *tests], plugins=plugins)
             lines = {k: sorted(v) for k, v in plugins[1].lines.items()} if record else {}
-            result_file.write_text(json.dumps({"lines": lines, "failed": failures.failed}))
+            seconds = plugins[1].seconds if record else {}
+            result_file.write_text(json.dumps({"lines": lines, "seconds": seconds, "failed": failures.failed}))
             os._exit(int(code))
         except BaseException:
             os._exit(99)
@@ -495,7 +500,8 @@ def main(argv=None) -> int:
                 raise SystemExit(f"mutation: the tests of {key} fail without any mutant ({baseline}: "
                                  f"{', '.join(info.get('failed', []))}); fix them first")
             covered = info["lines"]
-            order = {t: i for i, t in enumerate(covered)}  # the baseline's order: fast files first
+            # fastest test first: a mutant dies at its first failing test (-x)
+            order = {t: info["seconds"].get(t, 0.0) for t in covered}
             import_time = import_time_lines(original)
             counts = {"mutants": 0, "killed": 0, "survived": 0, "timeouts": 0, "not_run_by_any_test": 0}
             for m in mutants:
