@@ -80,13 +80,15 @@ def _all_commands():
     return list(walk(typer.main.get_command(create_app()), []))
 
 
-def test_help_has_no_placeholders_no_cut_names_and_every_option_documented():
+def test_help_has_no_placeholders_no_cut_names_and_every_option_documented(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # a normal terminal
     commands = _all_commands()
     assert len(commands) >= 15
     for path, cmd in commands:
-        env = dict(os.environ, COLUMNS="80")
-        text = subprocess.run([sys.executable, "-m", "lspt_cli", *path, "--help"], env=env, capture_output=True,
-                              text=True).stdout
+        result = run_cli(*path, "--help")
+        text = result.stdout
+        assert result.exit_code == 0 and text.startswith("Usage: "), (path, result.stderr)
+        assert max(len(line) for line in text.splitlines()) <= 80, path
         assert "<bool>" not in text and "…" not in text and "╭" not in text, (path, text)
         for param in cmd.params:
             if param.param_type_name != "option" or param.name == "help":

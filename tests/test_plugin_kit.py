@@ -396,6 +396,7 @@ def _pytest_env(**extra):
     return env
 
 
+@pytest.mark.slow
 def test_example_plugin_tests_pass_with_lspt_cli_testing(tmp_path):
     import shutil
 
