@@ -232,6 +232,31 @@ def test_mean_per_class_accuracy_on_a_hand_made_confusion():
     assert result["per_class"] == [50.0, 100.0, 0.0, None]
     right, wrong = -math.log(math.e**2 / (math.e**2 + 3)), -math.log(1 / (math.e**2 + 3))
     assert result["loss"] == pytest.approx((4 * right + 6 * wrong) / 10, rel=1e-6)
+    # the progress callback sees every sample once; fp32 by default (bf16 would round these logits)
+    seen = []
+    linear = torch.nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(4) * 1.0013)
+    again = evaluate(linear, loader, torch.device("cpu"), 4, progress=seen.append)
+    assert seen == [4, 6] and again["top1"] == pytest.approx(40.0)
+    right, wrong = -math.log(math.exp(2.0026) / (math.exp(2.0026) + 3)), -math.log(1 / (math.exp(2.0026) + 3))
+    assert again["loss"] == pytest.approx((4 * right + 6 * wrong) / 10, rel=1e-6)
+
+
+def test_evaluate_runs_the_model_in_eval_mode(tiny_backbone):
+    """A model handed over in training mode (dropout 0.9 on its prompts) is evaluated without dropout."""
+    torch.manual_seed(0)
+    model = PromptedViT(tiny_backbone, build_strategy("vpt-shallow", tiny_backbone.dims, {"num_prompts": 4, "dropout": 0.9}), 3)
+    with torch.no_grad():
+        model.head.weight.normal_()
+    images, labels = torch.randn(5, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1])
+    model.eval()
+    with torch.no_grad():
+        expected = F.cross_entropy(model(images), labels).item()
+    for _ in range(2):
+        model.train()
+        result = evaluate(model, [(images, labels)], torch.device("cpu"), 3)
+        assert result["loss"] == pytest.approx(expected, rel=1e-6)
 
 
 # -- data seen by training -------------------------------------------------------------------------
