@@ -180,6 +180,8 @@ def test_tune_summary_names_the_selection_and_the_baseline(tmp_path):
     assert re.search(r", epoch 1/1 selected on val \(best val top-1\), ", result.stdout), result.stdout
     assert ("Note: chance is 33.3% (3 classes); the backbone is not pretrained (random init (seed 0)), so the "
             "number only shows that the pipeline learns.") in result.stderr
+    quiet = run_cli("tune", "--task", task, *TUNE, "--out", str(tmp_path / "q"), "-q")
+    assert quiet.exit_code == 0 and "selected on val" in quiet.stdout and quiet.stderr == ""
 
 
 def test_progress_bar_labels_train_accuracy_and_shows_val_accuracy_per_epoch(monkeypatch):

@@ -200,7 +200,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             print_json(summary)
         else:
-            _print_summary(summary)
+            _print_summary(summary, quiet=quiet)
 
 
 # What `--resume` may change: where and how fast the run continues, never what it computes.
@@ -299,7 +299,7 @@ def _run(config, run_dir: Path, *, resume: bool, log, show: bool, host) -> dict:
     return summary
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: dict, quiet: bool = False) -> None:
     val = summary.get("val_top1")
     out.print(
         f"{safe(summary['task'])} | {safe(summary['strategy'])} on {safe(summary['backbone'])}: "
@@ -313,7 +313,7 @@ def _print_summary(summary: dict) -> None:
     link = latest_link(Path(summary["run_dir"]))
     if link is not None and link.resolve() == Path(summary["run_dir"]).resolve():
         out.print(f"latest: {safe(str(link))}")
-    note = _baseline_note(Path(summary["run_dir"]))
+    note = None if quiet else _baseline_note(Path(summary["run_dir"]))
     if note:
         err.print(note, markup=False, highlight=False)
 
