@@ -200,7 +200,7 @@ def test_sweep_selects_runs_finals_and_resumes(cli, tmp_path, monkeypatch):
     assert "| vit-tiny | vpt-deep | lspt | digits | 2 final | 42,44 |" in md.stdout
     assert f"{fin['mean']:.2f} ± {fin['std']:.2f}" in md.stdout
     rows = cli("report", str(out), "--format", "csv").stdout.splitlines()
-    assert rows[0].startswith("backbone,strategy,benchmark") and rows[1].startswith("vit-tiny,vpt-deep,other,,digits,2,True,")
+    assert rows[0].startswith("backbone,strategy,protocol,benchmark") and rows[1].startswith("vit-tiny,vpt-deep,lspt,other,,digits,2,True,")
     doc = json.loads(cli("report", str(out), "--format", "json").stdout)
     assert doc["runs"] == 6 and doc["other"][0]["mean"] == pytest.approx(fin["mean"])
 
