@@ -167,10 +167,17 @@ def _docstring_nodes(tree) -> set[int]:
     return ids
 
 
+# Keyword arguments whose value cannot change a result (equivalent mutants, not generated):
+# non_blocking is a host-to-device copy hint (a no-op on CPU, synchronised before use on CUDA).
+EQUIVALENT_KEYWORDS = {"non_blocking"}
+
+
 def _skipped_nodes(tree) -> set[int]:
-    """Nodes nobody should mutate: annotations, `raise ...(message)` texts, __future__/imports."""
+    """Nodes nobody should mutate: annotations, f-strings (messages), imports, EQUIVALENT_KEYWORDS."""
     skip = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg in EQUIVALENT_KEYWORDS:
+            skip.update(id(n) for n in ast.walk(node.value))
         for ann in ("annotation", "returns"):
             sub = getattr(node, ann, None)
             if sub is not None:
