@@ -329,8 +329,8 @@ def test_bad_recipes(cli_err, tmp_path, tally, case):
 OPTIONS = {
     "--epochs 0": (["--epochs", "0"], "epochs"),
     "--epochs -3": (["--epochs", "-3"], "epochs"),
-    "--batch-size 0": (["--batch-size", "0"], "batch_size"),
-    "--batch-size -1": (["--batch-size", "-1"], "batch_size"),
+    "--batch-size 0": (["--batch-size", "0"], "--batch-size"),  # the flag, as typed
+    "--batch-size -1": (["--batch-size", "-1"], "--batch-size"),
     "--lr 0": (["--lr", "0"], "lr"),
     "--set unknown option": (["--set", "nonsense=1"], "allowed:"),
     "--set without =": (["--set", "num_prompts"], "KEY=VALUE"),
