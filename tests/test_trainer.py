@@ -241,6 +241,9 @@ def test_mean_per_class_accuracy_on_a_hand_made_confusion():
     assert seen == [4, 6] and again["top1"] == pytest.approx(40.0)
     right, wrong = -math.log(math.exp(2.0026) / (math.exp(2.0026) + 3)), -math.log(1 / (math.exp(2.0026) + 3))
     assert again["loss"] == pytest.approx((4 * right + 6 * wrong) / 10, rel=1e-6)
+    empty = evaluate(linear, [], torch.device("cpu"), 4)  # nothing to count: zeros, not NaN
+    assert (empty["n"], empty["top1"], empty["mean_per_class"], empty["loss"]) == (0, 0.0, 0.0, 0.0)
+    assert empty["per_class"] == [None] * 4
 
 
 def test_evaluate_runs_the_model_in_eval_mode(tiny_backbone):
