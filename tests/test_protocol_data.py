@@ -211,9 +211,17 @@ def test_cache_stores_every_image_whole_with_its_aspect(cli, tmp_path):
         assert info.hw[row] == expect, key
         assert read_row(data, info.offsets[row], *info.hw[row]).shape == (*expect, 3)
     assert info.nbytes == sum(h * w * 3 for h, w in info.hw)
+    doc = json.loads(info.index.read_text())
+    assert doc["version"] == 2
+    # a damaged index is ignored (the run decodes), never a crash
+    n = len(doc["keys"])
+    for bad in ({"keys": [[1]] * n}, {"hw": [[1]] * n}, {"hw": "x"}, {"offsets": [10**12] * n}, {"keys": None},
+                {"hw": [[None, 3]] * n}, {"version": 1}):
+        info.index.write_text(json.dumps({**doc, **bad}))
+        assert find_cache(m, 24) is None, bad
+    info.index.write_text(json.dumps(doc))
+    assert find_cache(m, 24) is not None
     # a truncated data file is not used
     with open(info.data, "r+b") as fh:
         fh.truncate(info.nbytes - 1)
     assert find_cache(m, 24) is None
-    doc = json.loads(info.index.read_text())
-    assert doc["version"] == 2

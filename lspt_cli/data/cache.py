@@ -80,6 +80,8 @@ def find_cache(manifest: Manifest, input_size: int, style: str | None = None) ->
     ):
         return None
     keys, hw, offsets = doc.get("keys") or [], doc.get("hw") or [], doc.get("offsets") or []
+    if not all(isinstance(v, list) for v in (keys, hw, offsets)) or not all(isinstance(k, str) for k in keys):
+        return None  # a damaged index: rebuilt by the next `prepare-data --cache`, decoded until then
     try:
         hw = [(int(h), int(w)) for h, w in hw]
         offsets = [int(o) for o in offsets]
