@@ -244,6 +244,8 @@ def test_mean_per_class_accuracy_on_a_hand_made_confusion():
     empty = evaluate(linear, [], torch.device("cpu"), 4)  # nothing to count: zeros, not NaN
     assert (empty["n"], empty["top1"], empty["mean_per_class"], empty["loss"]) == (0, 0.0, 0.0, 0.0)
     assert empty["per_class"] == [None] * 4
+    third = evaluate(torch.nn.Identity(), [(logits[[0, 3, 4]], torch.tensor([0, 0, 0]))], torch.device("cpu"), 4)
+    assert third["per_class"] == [33.3333, None, None, None]  # 1 of 3, as reported: 4 decimals
 
 
 def test_evaluate_runs_the_model_in_eval_mode(tiny_backbone):
