@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .backbone import BackboneDims, FrozenBackbone, canonical_readout
 
@@ -133,16 +134,24 @@ class PromptedViT(nn.Module):
         self.readout = canonical_readout(readout or backbone.readout)
         self.head = nn.Linear(backbone.dims.embed_dim, num_classes)
         init_head(self.head, head_init)
+        # --grad-checkpointing: training forwards keep only each block's input and recompute the
+        # block in backward (the strategy hooks between blocks run once, as without it)
+        self.grad_checkpointing = False
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         backbone, strategy = self.backbone, self.strategy
         x = backbone.embed(images)
         state = checked_state(strategy, strategy.start(x))
-        backbone.set_q_scales(strategy.attention_scales())
+        scales = strategy.attention_scales()
+        backbone.set_q_scales(scales)
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         try:
             for index, block in enumerate(backbone.blocks):
                 x = strategy.before_block(index, x, state)
-                x = block(x)
+                if recompute:
+                    x = checkpoint(_scaled_block, backbone, block, scales, x, use_reentrant=False, preserve_rng_state=False)
+                else:
+                    x = block(x)
                 x = strategy.after_block(index, x, state)
         finally:
             backbone.set_q_scales(None)
@@ -171,6 +180,18 @@ class PromptedViT(nn.Module):
         super().train(mode)
         self.backbone.train(False)
         return self
+
+
+def _scaled_block(backbone: FrozenBackbone, block: nn.Module, scales, x: torch.Tensor) -> torch.Tensor:
+    """One frozen block under the run's q scales. Gradient checkpointing recomputes it during
+    backward, when forward_features has already reset the scales: so set them here, for the call.
+    (No RNG state is kept: the backbone is always in eval mode, its blocks are deterministic.)"""
+    previous = backbone._q_scales
+    backbone.set_q_scales(scales)
+    try:
+        return block(x)
+    finally:
+        backbone.set_q_scales(previous)
 
 
 def build_strategy(name: str, dims: BackboneDims, config: dict[str, Any] | None = None, host=None):

@@ -55,6 +55,7 @@ CHOICES = {  # TrainConfig's string keys and their values
     "head_init": ("kaiming", "normal"),
     "ddp_batch": ("split", "per-rank"),
     "readout": ("", *READOUTS),
+    "feature_cache": ("auto", "on", "off"),
 }
 
 
@@ -87,6 +88,12 @@ class TrainConfig:
     eval_batch_size: int = 0  # 0 = same as batch_size
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (one per core)
+    augment: bool = True  # False: train on the eval transform (deterministic; FGVC crop/flip off)
+    # speed (README "Performance"): these change what a run computes by fp rounding at most
+    # (feature_cache "on" with augmentation excepted: see lspt_cli/engine/feature_cache.py)
+    compile: bool = False  # torch.compile the prompted forward (eager where compilation is unavailable)
+    grad_checkpointing: bool = False  # recompute each frozen block in backward: less memory, more time
+    feature_cache: str = "auto"  # linear probe: "auto" (when exact) | "on" | "off"
 
     def validate(self, where: str = "config") -> "TrainConfig":
         check_train(self, where)  # every number finite and in range, the device well-formed (validate.py)
@@ -115,8 +122,8 @@ def coerce_train_values(values: dict[str, Any], where: str) -> dict[str, Any]:
         expected = types[key]
         if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        ok = {"int": int, "float": float, "str": str}[expected]
-        if isinstance(value, bool) or not isinstance(value, ok):
+        ok = {"int": int, "float": float, "str": str, "bool": bool}[expected]
+        if (isinstance(value, bool) and expected != "bool") or not isinstance(value, ok):
             raise ConfigError(f"{where}: '{key}' must be {expected}, got {type(value).__name__} {value!r}")
         out[key] = value
     return out

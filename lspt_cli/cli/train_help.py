@@ -18,7 +18,7 @@ WHAT = {
     "weight_decay": "Weight decay (matrices and prompts only; never biases, gates or temperatures).",
     "optimizer": "sgd or adamw.",
     "grad_clip": "Max gradient norm; 0 disables.",
-    "amp": "auto (bf16 on GPU), bf16 or off.",
+    "amp": "auto (bf16 on GPUs and on CPUs with native bf16: AVX512-BF16/AMX), bf16 or off.",
     "schedule": "per-epoch (VPT/GaPT's LambdaLR) or per-step warm-up + cosine.",
     "head_init": "kaiming (VPT/GaPT) or normal (N(0, 0.01^2)).",
     "ddp_batch": "Under torchrun: split --batch-size over the ranks (split), or use it on every rank (per-rank).",
@@ -28,6 +28,10 @@ WHAT = {
     "num_workers": "Data-loader worker processes (results do not depend on it).",
     "device": "auto, cpu, cuda or cuda:N.",
     "threads": "torch CPU threads (0 = one per core).",
+    "compile": "torch.compile the prompted forward (compile time reported apart; eager where unavailable).",
+    "grad_checkpointing": "Recompute each frozen block in backward: less memory, more time.",
+    "augment": "Training augmentation (FGVC/custom crop+flip); --no-augment trains on the eval transform.",
+    "feature_cache": "Linear probe: compute the frozen features once (auto where exact; --feature-cache with augmentation too, --no-feature-cache never).",
 }
 
 

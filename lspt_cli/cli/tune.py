@@ -147,6 +147,10 @@ def register(app: typer.Typer) -> None:
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
         device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
         threads: Optional[int] = typer.Option(None, "--threads", help=train_help("threads")),
+        compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=train_help("compile")),
+        grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing", help=train_help("grad_checkpointing")),
+        augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=train_help("augment")),
+        feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help=train_help("feature_cache")),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Strategy option KEY=VALUE (repeatable), e.g. --set num_prompts=50; VALUE is parsed as JSON, else a string.  [default: the recipe's, else the strategy's (lspt list strategies)]"),
         final: bool = typer.Option(False, "--final", help="Train on train+val (VTAB: train800val200) and report test."),
         out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: under the data dir)."),
@@ -178,6 +182,8 @@ def register(app: typer.Typer) -> None:
                     weight_decay=weight_decay, optimizer=optimizer, grad_clip=grad_clip, amp=amp,
                     schedule=schedule, head_init=head_init, ddp_batch=ddp_batch, lr_scaling=lr_scaling,
                     readout=readout, seed=seed, num_workers=num_workers, device=device, threads=threads,
+                    compile=compile_, grad_checkpointing=grad_checkpointing, augment=augment,
+                    feature_cache=None if feature_cache is None else ("on" if feature_cache else "off"),
                 ).items() if v is not None
             }
             config = resolve_config(

@@ -32,6 +32,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_into, save_che
 from .distributed import DistContext
 from .evaluate import autocast, evaluate
 from .grad_watch import GradWatch, warn_dead
+from .totals import DeviceTotals
 
 
 
@@ -79,10 +80,15 @@ def epoch_lr_factor(epoch: int, warmup_epochs: int, epochs: int) -> float:
 
 
 def use_bf16(amp: str, device: torch.device) -> bool:
-    """bf16 autocast: `off` (the papers' fp32, protocol paper), `bf16` always, `auto` on a CUDA device
-    that supports bf16 (protocol lspt; older GPUs stay fp32)."""
+    """bf16 autocast: `off` (the papers' fp32, protocol paper), `bf16` always, `auto` (protocol lspt)
+    on a CUDA device that supports bf16 and on a CPU with native bf16 matmuls (AVX512-BF16/AMX:
+    elsewhere the CPU emulates bf16, slower than fp32); older GPUs and other CPUs stay fp32."""
     if amp == "auto" and device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if amp == "auto" and device.type == "cpu":
+        from .accel import cpu_bf16_native
+
+        return cpu_bf16_native()
     return amp == "bf16"
 
 
@@ -253,6 +259,7 @@ class Trainer:
             self.steps_per_epoch = max(1, math.ceil(self.order_length / self.batch_size))
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = min(cfg.warmup_epochs, cfg.epochs) * self.steps_per_epoch
+        self._speed_up(strategy)
         self.state_meta = {
             "backbone": {
                 "name": self.config.backbone,
@@ -268,10 +275,54 @@ class Trainer:
             "protocol": cfg.protocol,
         }
 
+    def _speed_up(self, strategy) -> None:
+        """README "Performance": gradient checkpointing, the linear probe's feature cache, torch.compile."""
+        from .feature_cache import FeatureCache, cache_decision
+
+        cfg = self.cfg
+        self.model.grad_checkpointing = cfg.grad_checkpointing
+        deterministic = self.style != "crop" or not cfg.augment  # VTAB's resize, or --no-augment
+        use, why = cache_decision(cfg.feature_cache, strategy, deterministic, self.dist.enabled)
+        self.features, self.speed = None, {"feature_cache": why}
+        if use:
+            tick = time.time()
+            self.features = FeatureCache(self.model, self.device, self.amp)
+            n = len(self.manifest.splits[self.train_split])
+            self.features.add(self.train_split, self.loader(self.train_split, train=True, order=list(range(n))))
+            if self.watch_val:
+                self.features.add("val", self.loader("val", train=False))
+            self.train_model = self.model.head  # what trains on the cached features
+            self.speed["feature_cache_seconds"] = round(time.time() - tick, 3)
+            self.log(f"Feature cache: {why}; {self.features.info()['splits']} computed in {time.time() - tick:.1f}s")
+        if cfg.compile:
+            if use:
+                self.log("--compile: skipped, the feature cache trains the head alone")
+                return
+            from .accel import compile_forward
+
+            self.train_model, seconds = compile_forward(self.train_model, self._compile_warm_up, self.log)
+            self.speed["compile_seconds"] = round(seconds, 3)
+            self.speed["compiled"] = seconds > 0
+
+    def _compile_warm_up(self, forward) -> None:
+        """One forward + backward on a batch of zeros, so compilation happens (and is timed) before
+        training. No parameter changes; the RNG is restored: the run computes what eager computes."""
+        last = self.order_length % self.batch_size  # an epoch's last, shorter batch compiles a graph too
+        sizes = [self.batch_size] + ([last] if last and not self.drop_last else [])
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self.train_model.train()
+            for size in sizes:
+                images = torch.zeros(size, 3, self.input_size, self.input_size, device=self.device)
+                with autocast(self.device, self.amp):
+                    logits = forward(images)
+                logits.float().sum().backward()
+        self.optimizer.zero_grad(set_to_none=True)
+
     def loader(self, split: str, train: bool, order: list[int] | None = None, epoch: int = 0):
         from ..data.loader import build_loader
 
         batch = self.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        train = train and self.cfg.augment  # --no-augment: the training split through the eval transform
         return build_loader(
             self.manifest, split, input_size=self.input_size, mean=self.mean, std=self.std, train=train,
             batch_size=batch, seed=self.cfg.seed, epoch=epoch, num_workers=self.cfg.num_workers,
@@ -393,11 +444,13 @@ class Trainer:
         if self.drop_last:
             order = order[: self.steps_per_epoch * self.batch_size]
         remaining = order[position * self.batch_size :]
-        loader = self.loader(self.train_split, train=True, order=remaining, epoch=epoch)
+        if self.features is not None:  # the linear probe on cached features (engine/feature_cache.py)
+            loader = self.features.batches(self.train_split, remaining, self.batch_size)
+        else:
+            loader = self.loader(self.train_split, train=True, order=remaining, epoch=epoch)
         self.train_model.train()
-        loss_sum = running.get("loss_sum", 0.0)
-        correct = running.get("correct", 0)
-        seen = running.get("seen", 0)
+        sums = DeviceTotals(self.device, running.get("loss_sum", 0.0), running.get("correct", 0), running.get("seen", 0))
+        shown = sums.seen  # images the progress bar has been told about
         train_seconds = running.get("seconds", 0.0)
         params = self.model.trainable_parameters()
         watch = GradWatch(self.model) if epoch == 0 and position == 0 else None  # first epoch, watched whole
@@ -407,6 +460,7 @@ class Trainer:
         try:
             for images, labels in loader:
                 if self._interrupt:
+                    loss_sum, correct, seen = self._read_totals(sums, epoch)
                     raise self._interrupted(epoch, step_in_epoch, running_state(loss_sum, correct, seen, train_seconds + time.time() - tick))
                 step = epoch * self.steps_per_epoch + step_in_epoch
                 if cfg.schedule == "per-epoch":
@@ -419,12 +473,7 @@ class Trainer:
                 with autocast(self.device, self.amp):
                     logits = self.train_model(images)
                 loss = F.cross_entropy(logits.float(), labels)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss became {loss_value} in epoch {epoch + 1} (step {step_in_epoch + 1}); training stopped",
-                        hint=_nan_hint(self.run_dir, epoch),
-                    )
+                sums.add(loss, logits, labels, step_in_epoch)  # on the device: no sync (engine/totals.py)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if watch is not None:
@@ -432,14 +481,17 @@ class Trainer:
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 self.optimizer.step()
-                n = labels.numel()
-                loss_sum += loss_value * n
-                correct += (logits.argmax(dim=1) == labels).sum().item()
-                seen += n
                 step_in_epoch += 1
-                if bar is not None:
-                    elapsed = train_seconds + time.time() - tick
-                    bar(n, loss=loss_sum / seen, acc=100.0 * correct / seen, ips=seen / max(elapsed, 1e-9))
+                if sums.due():  # one read per SYNC_EVERY steps: the NaN stop comes at most that late
+                    loss_sum, correct, seen = self._read_totals(sums, epoch)
+                    if bar is not None:
+                        elapsed = train_seconds + time.time() - tick
+                        bar(seen - shown, loss=loss_sum / seen, acc=100.0 * correct / seen, ips=seen / max(elapsed, 1e-9))
+                        shown = seen
+            loss_sum, correct, seen = self._read_totals(sums, epoch)  # before anything is written
+            if bar is not None and seen > shown:
+                elapsed = train_seconds + time.time() - tick
+                bar(seen - shown, loss=loss_sum / seen, acc=100.0 * correct / seen, ips=seen / max(elapsed, 1e-9))
         finally:
             if bar is not None:
                 bar(0, done=True)
@@ -463,11 +515,26 @@ class Trainer:
             **dead,
         }
 
+    def _read_totals(self, totals: DeviceTotals, epoch: int) -> tuple[float, int, int]:
+        """(loss sum, correct, seen) from the device; a non-finite loss since the last read stops the run."""
+        loss_sum, correct, bad = totals.read()
+        if bad is not None:
+            step, value = bad
+            raise TrainingError(
+                f"loss became {value} in epoch {epoch + 1} (step {step + 1}); training stopped",
+                hint=_nan_hint(self.run_dir, epoch),
+            )
+        return loss_sum, correct, totals.seen
+
     def _interrupted(self, epoch: int, position: int, running: dict) -> Interrupted:
         self._write_checkpoint(self._checkpoint_state(epoch, position, self.best, running))
         return Interrupted(self.run_dir, epoch + 1)
 
     def _evaluate(self, split: str) -> dict[str, Any]:
+        if self.features is not None and split in self.features:  # the head on the cached features
+            batch = self.cfg.eval_batch_size or self.cfg.batch_size
+            loader = self.features.batches(split, None, batch)
+            return evaluate(self.model.head, loader, self.device, self.num_classes, amp=self.amp)
         loader = self.loader(split, train=False)
         return evaluate(self.model, loader, self.device, self.num_classes, amp=self.amp)
 
@@ -511,6 +578,7 @@ class Trainer:
             "epochs": self.cfg.epochs,
             "seconds": sum(r.get("seconds", 0.0) for r in records) or seconds,
             "images_per_s": records[-1]["images_per_s"] if records else None,
+            **self.speed,  # feature_cache, compile_seconds (not part of `seconds`): README "Performance"
             **({"dead_tensors": records[0]["dead_tensors"]} if records and records[0].get("dead_tensors") else {}),
         }
         if self.dist.is_main:
