@@ -118,3 +118,26 @@ def test_lspt_home_that_is_not_a_directory(kind, tmp_path, tally):
                            timeout=TIMEOUT)
     assert paths.returncode == 0 and "LSPT_HOME" in paths.stdout
     tally.bad_input(f"LSPT_HOME is {kind}")
+
+
+def test_lspt_home_that_cannot_be_created(tmp_path, tally):
+    if not Path("/proc/1").is_dir():
+        pytest.skip("no /proc")
+    env = lspt_env(tmp_path)
+    env["LSPT_HOME"] = "/proc/1"  # a directory nobody may create anything in
+    result = subprocess.run([sys.executable, "-m", "lspt_cli", "prepare-data", "digits"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    no_traceback(result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode in (1, 2) and len(errors) == 1 and "/proc/1" in errors[0], result.stderr
+    tally.bad_input("LSPT_HOME is a directory where nothing can be created (/proc/1)")
+
+
+def test_stderr_on_a_full_device(tmp_path, tally):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "lspt_cli", "list", "bogus"], env=lspt_env(tmp_path),
+                                stdout=subprocess.PIPE, stderr=full, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2 and result.stdout == ""  # the usage error's code, even with nowhere to say it
+    tally.bad_input("stderr: full device")
