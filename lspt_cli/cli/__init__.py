@@ -119,7 +119,11 @@ def handle_exception(exc: BaseException) -> int:
         return 1
     from ..plugins import plugin_of_traceback
 
-    kind = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ fails is still reported
+        text = ""
+    kind = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     plugin = plugin_of_traceback(exc.__traceback__)
     if plugin is not None:
         error_line(f"plugin {plugin} failed: {kind}",

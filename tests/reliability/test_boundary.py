@@ -99,6 +99,8 @@ INTERNAL_CASES = [
     ("UnicodeDecodeError", UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "internal error: UnicodeDecodeError"),
     ("StopIteration", StopIteration(), "internal error: StopIteration"),
     ("NotImplementedError", NotImplementedError("later"), "internal error: NotImplementedError: later"),
+    ("an exception whose str() raises", type("Unprintable", (Exception,), {"__str__": lambda self: 1 / 0})(),
+     "internal error: Unprintable"),
 ]
 
 
