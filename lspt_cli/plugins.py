@@ -33,7 +33,7 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError, UsageError
 from .messages import one_line, shorten_list
-from .specs import KIND_OF_SPEC, BackboneSpec, DatasetSpec, RecipeSpec, StrategySpec
+from .specs import KIND_OF_SPEC, BackboneSpec, DatasetSpec, LoggerSpec, RecipeSpec, StrategySpec
 
 BUILTIN_DIST = "lspt"
 ENTRY_POINT_GROUP = "lspt"
@@ -135,6 +135,7 @@ _REGISTER_HOOKS = {
     "strategy": "lspt_register_strategies",
     "dataset": "lspt_register_datasets",
     "recipe": "lspt_register_recipes",
+    "logger": "lspt_register_loggers",
 }
 
 
@@ -149,6 +150,7 @@ class PluginHost:
         self.strategies: Registry[StrategySpec] = Registry("strategy", StrategySpec)
         self.datasets: Registry[DatasetSpec] = Registry("dataset", DatasetSpec)
         self.recipes: Registry[RecipeSpec] = Registry("recipe", RecipeSpec)
+        self.loggers: Registry[LoggerSpec] = Registry("logger", LoggerSpec)
         self.warnings: list[str] = []
         self.muted: set[str] = set()  # plugins whose event hooks failed once
 
@@ -159,6 +161,7 @@ class PluginHost:
             "strategy": self.strategies,
             "dataset": self.datasets,
             "recipe": self.recipes,
+            "logger": self.loggers,
         }[kind]
 
     def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
@@ -267,6 +270,12 @@ class PluginHost:
                 del app.registered_commands[n_commands:], app.registered_groups[n_groups:]
                 self._fail(record, f"lspt_register_commands failed: {describe(exc)}", outcome="added no commands")
                 continue
+            if len(app.registered_commands) > n_commands or len(app.registered_groups) > n_groups:
+                problem = _unbuildable(app)
+                if problem:  # e.g. a parameter annotation Typer cannot resolve: it would break `lspt --help`
+                    del app.registered_commands[n_commands:], app.registered_groups[n_groups:]
+                    self._fail(record, f"its commands cannot be built: {problem}", outcome="added no commands")
+                    continue
             for registered, name_of in ((app.registered_commands, _command_name), (app.registered_groups, _group_name)):
                 start = n_commands if registered is app.registered_commands else n_groups
                 kept = []
@@ -375,14 +384,14 @@ def plugin_of_traceback(tb: TracebackType | None) -> str | None:
 
 def spec_problem(spec: object) -> str | None:
     """What is malformed in a registered spec (wrong field types), or None."""
-    from .specs import BackboneSpec, DatasetSpec, RecipeSpec, StrategySpec
+    from .specs import BackboneSpec, DatasetSpec, LoggerSpec, RecipeSpec, StrategySpec
 
     def factory_ok(value: object) -> bool:
         return callable(value) or (isinstance(value, str) and ":" in value and value.partition(":")[0] != "")
 
     if not isinstance(getattr(spec, "description", ""), str):
         return "a description that is not a string"
-    if isinstance(spec, (BackboneSpec, StrategySpec)) and not factory_ok(spec.factory):
+    if isinstance(spec, (BackboneSpec, StrategySpec, LoggerSpec)) and not factory_ok(spec.factory):
         return f"factory {spec.factory!r}; expected a callable or 'package.module:attribute'"
     if isinstance(spec, BackboneSpec):
         for key in ("embed_dim", "depth", "num_prefix_tokens"):
@@ -401,8 +410,21 @@ def spec_problem(spec: object) -> str | None:
             return f"prepare {spec.prepare!r}; expected a callable or 'package.module:attribute'"
         if not isinstance(spec.benchmark, str) or not isinstance(spec.needs_root, bool):
             return "benchmark/needs_root of the wrong type (expected str and bool)"
+    if isinstance(spec, LoggerSpec) and (not isinstance(spec.requires, tuple) or not all(isinstance(m, str) for m in spec.requires)):
+        return f"requires={spec.requires!r}; expected a tuple of module names"
     if isinstance(spec, RecipeSpec) and not isinstance(spec.values, dict):
         return f"values of type {type(spec.values).__name__}; expected the parsed TOML table (a dict)"
+    return None
+
+
+def _unbuildable(app) -> str | None:
+    """Why Typer cannot turn `app` into a Click command, or None (builds it once, no torch)."""
+    from typer.main import get_command
+
+    try:
+        get_command(app)
+    except Exception as exc:
+        return describe(exc)
     return None
 
 

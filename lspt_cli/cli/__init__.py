@@ -239,7 +239,7 @@ def create_app(load_plugins: bool = True) -> typer.Typer:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app = create_app()
+        command = typer.main.get_command(create_app())  # an LsptGroup: its main() is the boundary
     except KeyboardInterrupt:  # Ctrl-C while plugins load
         sys.exit(130)
     except Exception as exc:  # e.g. LSPT_STRICT_PLUGINS=1 with a broken plugin
@@ -247,4 +247,4 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _sanitize_terminal_env()
         sys.exit(handle_exception(exc))
-    app(args=argv, prog_name="lspt")
+    command.main(args=argv, prog_name="lspt")

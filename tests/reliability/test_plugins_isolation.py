@@ -171,6 +171,24 @@ def lspt_register_commands(app):
     tally.bad_input("plugin: two plugins add the same command")
 
 
+@pytest.mark.parametrize("annotation,needle", [('"NoSuchType"', "NoSuchType"), ("list[list[int]]", "AssertionError")],
+                         ids=["unresolvable", "unsupported by Typer"])
+def test_command_typer_cannot_build_never_breaks_help(annotation, needle, tmp_path, tally):
+    source = f"""
+@hookimpl
+def lspt_register_commands(app):
+    @app.command("acme-unbuildable")
+    def unbuildable(x: {annotation} = None):
+        pass
+"""
+    result = run(tmp_path, {"acme-types": source}, "--help")
+    assert result.returncode == 0 and "Usage" in result.stdout and "acme-unbuildable" not in result.stdout
+    assert_warned(result, "acme-types", "cannot be built", needle)
+    listed = run(tmp_path, {}, "list", "backbones", LSPT_LOAD_PLUGINS="acme-types")
+    assert listed.returncode == 0 and "vit-tiny" in listed.stdout
+    tally.bad_input(f"plugin: a command whose parameter type is {annotation}")
+
+
 def test_register_commands_raising(tmp_path, tally):
     source = """
 @hookimpl
