@@ -178,6 +178,9 @@ def _check_lspt_metadata(header: BundleHeader) -> None:
         value = (header.meta(key) or {}).get(field_name)
         if value is not None and not isinstance(value, kind):
             raise BundleError(f"{header.path}: metadata '{key}' field '{field_name}' must be a {kind.__name__}")
+    classes = (header.meta("lspt.task") or {}).get("classes")
+    if classes is not None and not all(isinstance(c, str) for c in classes):
+        raise BundleError(f"{header.path}: metadata 'lspt.task' field 'classes' must be a list of class names (strings)")
 
 
 def make_metadata(

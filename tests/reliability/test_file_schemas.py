@@ -270,3 +270,34 @@ def test_a_good_run_passes_every_schema(reference_bundle):
     schema.checkpoint_fits_config(state, config, "checkpoint.pt")
     assert [r["epoch"] for r in schema.metrics_records(run / "metrics.jsonl")] == [1, 2, 3]
     assert schema.summary(run / "summary.json")["task"] == "digits"
+
+
+BUNDLE_METADATA = {
+    "class names that are numbers": ({"lspt.task": {"name": "digits", "classes": list(range(10)), "benchmark": "custom"}}, ("classes",)),
+    "class names that are lists": ({"lspt.task": {"name": "digits", "classes": [["a"]] * 10, "benchmark": "custom"}}, ("classes",)),
+    "backbone name a number": ({"lspt.backbone": {"name": 7, "fingerprint": "x"}}, ("lspt.backbone", "name")),
+    "fingerprint a list": ({"lspt.backbone": {"name": "vit-tiny", "fingerprint": []}}, ("fingerprint",)),
+    "strategy config a list": ({"lspt.strategy": {"name": "vpt-deep", "config": []}}, ("lspt.strategy", "config")),
+    "benchmark a list": ({"lspt.task": {"name": "digits", "classes": ["a"], "benchmark": []}}, ("benchmark",)),
+    "schema not a number": ({"lspt.schema": "abc"}, ("lspt.schema",)),
+    "schema 0": ({"lspt.schema": "0"}, ("lspt.schema",)),
+}
+
+
+@pytest.mark.parametrize("command", ["inspect", "predict", "export"])
+@pytest.mark.parametrize("case", list(BUNDLE_METADATA))
+def test_bad_bundle_metadata(cli_err, reference_bundle, tmp_path, tally, case, command):
+    from PIL import Image
+
+    from .test_bad_inputs import _rewrite
+
+    meta, needles = BUNDLE_METADATA[case]
+    bad = _rewrite(reference_bundle, tmp_path / "bad.safetensors", meta=meta)
+    image = tmp_path / "d.png"
+    Image.new("L", (8, 8)).save(image)
+    args = {"inspect": ("inspect", bad), "predict": ("predict", bad, image),
+            "export": ("export", bad, "-o", tmp_path / "out.safetensors")}[command]
+    code, out, err = cli_err(*args)
+    assert_clean_error(code, out, err, str(bad), *needles, exit_code=1)
+    assert not (tmp_path / "out.safetensors").exists()
+    tally.bad_input(f"bundle metadata: {case} ({command})")
