@@ -125,10 +125,19 @@ def checkpoint_meta(state: dict, where: str) -> dict:
         expect_fields(meta[section], fields, f"{where} meta.{section}")
     if not all(isinstance(c, str) for c in meta["task"]["classes"]) or not meta["task"]["classes"]:
         raise RunFileError(f"{where}: meta.task.classes must be a non-empty list of names")
-    unknown = set(meta) - set(META_FIELDS) - {"protocol"}
+    unknown = set(meta) - _meta_keys()
     if unknown:
         raise RunFileError(f"{where}: meta holds unknown field(s) {', '.join(sorted(unknown))}")
     return meta
+
+
+def _meta_keys() -> set[str]:
+    """What a checkpoint's meta may hold: what bundle.make_metadata accepts (export passes it on)."""
+    import inspect
+
+    from .bundle import make_metadata
+
+    return set(inspect.signature(make_metadata).parameters) - {"metrics", "created_at"}
 
 
 def checkpoint_state(state: Any, where: str) -> dict:
