@@ -70,6 +70,21 @@ def lspt_register_recipes(register):
 
 
 @hookspec
+def lspt_register_loggers(register):
+    """Register experiment trackers for ``lspt tune --log NAME`` (README "Tracking").
+
+    :param register: call ``register(LoggerSpec(name, description, factory, requires, extra))`` once
+        per logger. ``factory() -> logger``, imported and called only when a run asks for it (rank 0
+        alone); the logger has ``start(run, config)``, ``log_epoch(epoch, metrics)`` and
+        ``finish(summary, bundle)``. ``requires`` names the modules it needs and ``extra`` the pip extra
+        that installs them: a missing one is one ``Error:`` before training starts.
+
+    Return nothing. A logger that raises mid-run is reported once on stderr and switched off; the
+    run goes on and its files stay the source of truth.
+    """
+
+
+@hookspec
 def lspt_register_commands(app):
     """Add sub-commands to the ``lspt`` command line.
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .loggers import NAMES_FORM
 from .specs import READOUTS, RecipeSpec
 from .validate import check_options, check_train
 
@@ -88,6 +89,7 @@ class TrainConfig:
     eval_batch_size: int = 0  # 0 = same as batch_size
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (one per core)
+    loggers: str = ""  # experiment trackers, comma-separated (`--log tensorboard,mlflow`; lspt_cli/loggers.py)
     augment: bool = True  # False: train on the eval transform (deterministic; FGVC crop/flip off)
     # speed (README "Performance"): these change what a run computes by fp rounding at most
     # (feature_cache "on" with augmentation excepted: see lspt_cli/engine/feature_cache.py)
@@ -100,6 +102,9 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{where}: '{name}' must be {_one_of(allowed)}, got {getattr(self, name)!r}")
+        if not NAMES_FORM.fullmatch(self.loggers):
+            raise ConfigError(f"{where}: 'loggers' must be logger names separated by commas (lspt list loggers), "
+                              f"got {self.loggers!r}")
         return self
 
     @property

@@ -137,9 +137,26 @@ class RecipeSpec:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class LoggerSpec:
+    """An experiment tracker for `lspt tune --log NAME` (README "Tracking").
+
+    `factory() -> logger` with `start(run, config)`, `log_epoch(epoch, metrics)` and
+    `finish(summary, bundle)` (lspt_cli/loggers.py). `requires` lists the modules it imports and
+    `extra` the pip extra that installs them: a missing one is one `Error:` before training.
+    """
+
+    name: str
+    description: str
+    factory: Factory
+    requires: tuple[str, ...] = ()
+    extra: str = ""
+
+
 KIND_OF_SPEC = {
     BackboneSpec: "backbone",
     StrategySpec: "strategy",
     DatasetSpec: "dataset",
     RecipeSpec: "recipe",
+    LoggerSpec: "logger",
 }

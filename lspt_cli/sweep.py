@@ -73,6 +73,7 @@ TRAIN_FLAGS = {
     "num_workers": "--num-workers",
     "device": "--device",
     "threads": "--threads",
+    "loggers": "--log",
 }
 SHORT_NAMES = {"lr": "lr", "weight_decay": "wd"}
 STDERR_TAIL = 2000
@@ -451,7 +452,7 @@ def config_mismatch(trial: Trial) -> str | None:
         if existing.get(key) != wanted.get(key):
             return f"{key} {existing.get(key)!r} != {wanted.get(key)!r}"
     for key, value in wanted["train"].items():
-        if key in ("num_workers", "device", "eval_batch_size", "threads"):
+        if key in ("num_workers", "device", "eval_batch_size", "threads", "loggers"):
             continue  # do not change the result
         if existing.get("train", {}).get(key) != value:
             return f"{key} {existing.get('train', {}).get(key)!r} != {value!r}"

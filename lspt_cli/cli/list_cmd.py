@@ -1,4 +1,4 @@
-"""`lspt list KIND [PATTERN]`: registered backbones, strategies, datasets or recipes."""
+"""`lspt list KIND [PATTERN]`: registered backbones, strategies, datasets, recipes or loggers."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ class Kind(str, Enum):
     strategies = "strategies"
     datasets = "datasets"
     recipes = "recipes"
+    loggers = "loggers"
 
 
-_SINGULAR = {"backbones": "backbone", "strategies": "strategy", "datasets": "dataset", "recipes": "recipe"}
+_SINGULAR = {"backbones": "backbone", "strategies": "strategy", "datasets": "dataset", "recipes": "recipe",
+             "loggers": "logger"}
 
 
 def rows_for(kind: str, pattern: str | None = None) -> list[dict]:
@@ -42,6 +44,10 @@ def rows_for(kind: str, pattern: str | None = None) -> list[dict]:
             row["benchmark"] = spec.benchmark
         elif kind == "recipes":
             row.update(strategy=spec.strategy, backbone=spec.backbone, benchmark=spec.benchmark, task=spec.task, source=spec.source)
+        elif kind == "loggers":  # whether its extra is installed, without importing it
+            from importlib.util import find_spec
+
+            row.update(extra=spec.extra, installed=all(find_spec(m) is not None for m in spec.requires))
         rows.append(row)
     return rows
 
@@ -68,10 +74,15 @@ def register(app: typer.Typer) -> None:
         if kind == Kind.backbones:
             table.add_column("readout")
             table.add_column("input (size, mean / std)")
+        if kind == Kind.loggers:
+            table.add_column("needs")
         for row in rows:
             cells = [safe(row["name"]), safe(row["description"])]
             if kind == Kind.backbones:
                 cells += [safe(row["readout"]), _input_text(row)]
+            if kind == Kind.loggers:
+                needs = f"lspt[{row['extra']}]" if row["extra"] else "-"
+                cells.append(safe(needs + ("" if row["installed"] else " (not installed)")))
             if kind == Kind.strategies:
                 cells.append(f"{row['params_vitb16']:,}" if row["params_vitb16"] is not None else "?")
                 cells.append(safe(", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in row["defaults"].items()) or "-"))

@@ -59,6 +59,7 @@ def register(app: typer.Typer) -> None:
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
         device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per trial (0 = one per core).  [default: the recipe's, else 0]"),
+        log: Optional[str] = typer.Option(None, "--log", help="Experiment trackers for every trial, e.g. mlflow (one MLflow experiment per sweep).  [default: the recipe's, else none]"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Strategy option KEY=VALUE for every trial (repeatable).  [default: the recipe's, else the strategy's]"),
         json_: bool = typer.Option(False, "--json", help="Print sweep.json's document on stdout."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or logs on stderr."),
@@ -75,6 +76,9 @@ def register(app: typer.Typer) -> None:
         if weights is not None and not weights.is_file():
             raise UsageError(f"{weights}: no such weights file")
         tasks = expand_tasks(task, host)
+        from ..loggers import check_loggers
+
+        check_loggers(log, host)  # an unknown logger or a missing extra: before any trial
         set_values = parse_assignments(set_)
         unknown = sorted(set(set_values) - set(spec_strategy.defaults or {}))
         if unknown and spec_strategy.defaults is not None:
@@ -85,7 +89,7 @@ def register(app: typer.Typer) -> None:
                 protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                 optimizer=optimizer, grad_clip=grad_clip, amp=amp, num_workers=num_workers, device=device,
                 schedule=schedule, head_init=head_init, ddp_batch=ddp_batch, lr_scaling=lr_scaling,
-                readout=readout, threads=threads,
+                readout=readout, threads=threads, loggers=log,
             ).items() if v is not None
         }
         spec = SweepSpec(

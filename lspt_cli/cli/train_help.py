@@ -28,6 +28,7 @@ WHAT = {
     "num_workers": "Data-loader worker processes (results do not depend on it).",
     "device": "auto, cpu, cuda or cuda:N.",
     "threads": "torch CPU threads (0 = one per core).",
+    "loggers": "Experiment trackers, comma-separated: tensorboard, mlflow (lspt list loggers; README \"Tracking\").",
     "compile": "torch.compile the prompted forward (compile time reported apart; eager where unavailable).",
     "grad_checkpointing": "Recompute each frozen block in backward: less memory, more time.",
     "augment": "Training augmentation (FGVC/custom crop+flip); --no-augment trains on the eval transform.",
@@ -44,6 +45,8 @@ def default_text(key: str) -> str:
     """"[default: the recipe's, else 100]", or per protocol where the protocol sets the knob."""
     if key == "readout":
         return "[default: the recipe's, else the backbone's]"
+    if key == "loggers":
+        return "[default: the recipe's, else none]"
     by_protocol = {p: d[key] for p, d in PROTOCOL_DEFAULTS.items() if key in d}
     if by_protocol:
         shown = ", ".join(f"{value} ({protocol})" for protocol, value in by_protocol.items())

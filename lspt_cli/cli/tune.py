@@ -147,6 +147,7 @@ def register(app: typer.Typer) -> None:
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
         device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
         threads: Optional[int] = typer.Option(None, "--threads", help=train_help("threads")),
+        log: Optional[str] = typer.Option(None, "--log", help=train_help("loggers"), autocompletion=complete_from("logger")),
         compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=train_help("compile")),
         grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing", help=train_help("grad_checkpointing")),
         augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=train_help("augment")),
@@ -181,7 +182,7 @@ def register(app: typer.Typer) -> None:
                     protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr,
                     weight_decay=weight_decay, optimizer=optimizer, grad_clip=grad_clip, amp=amp,
                     schedule=schedule, head_init=head_init, ddp_batch=ddp_batch, lr_scaling=lr_scaling,
-                    readout=readout, seed=seed, num_workers=num_workers, device=device, threads=threads,
+                    readout=readout, seed=seed, num_workers=num_workers, device=device, threads=threads, loggers=log,
                     compile=compile_, grad_checkpointing=grad_checkpointing, augment=augment,
                     feature_cache=None if feature_cache is None else ("on" if feature_cache else "off"),
                 ).items() if v is not None
@@ -196,6 +197,9 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             print_json({**config.to_json(), "lr_trained": config.train.scaled_lr, "run_dir": str(run_dir)})
             return
+        from ..loggers import check_loggers
+
+        check_loggers(config.train.loggers, host)  # an unknown logger or a missing extra: before any training
         if resume is None:
             _check_task_ready(config.task)  # before "Run directory:": a missing task leaves nothing behind
         summary = run_tune(config, run_dir, resume=resume is not None, json_=json_, quiet=quiet, host=host,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .. import atomic, bundle, schema
 from ..errors import DataError, TrainingError, UsageError
+from ..loggers import RunLoggers
 from ..data.transforms import transform_style
 from ..recipes import ResolvedConfig
 from ..rundir import BEST_NAME, BUNDLE_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME
@@ -391,6 +392,8 @@ class Trainer:
                 atomic.write_json(self.run_dir / CONFIG_NAME, {**self.config.to_json(), "meta": self.state_meta, "params": self.params})
         if self.host is not None:
             self.host.emit("lspt_on_run_start", run=run, config=run.config)
+        # README "Tracking": --log's loggers, rank 0 only; they never stop or change the run
+        loggers = RunLoggers.open(cfg.loggers if self.dist.is_main else "", run, run.config, resume=resume, host=self.host)
 
         previous_handler = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._on_sigint)
@@ -413,9 +416,18 @@ class Trainer:
                 self._write_checkpoint(self._checkpoint_state(epoch + 1, 0, best, None))
                 if self.host is not None:
                     self.host.emit("lspt_on_epoch_end", run=run, metrics=record)
+                loggers.log_epoch(record)
+        except BaseException:
+            loggers.close()  # flushed; `--resume` continues the same tracker runs
+            raise
         finally:
             signal.signal(signal.SIGINT, previous_handler)
-        summary = self._finish(best, time.time() - started)
+        try:
+            summary = self._finish(best, time.time() - started)
+        except BaseException:
+            loggers.close()
+            raise
+        loggers.finish(summary)
         if self.host is not None:
             self.host.emit("lspt_on_run_end", run=run, summary=summary)
         return summary
