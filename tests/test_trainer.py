@@ -361,6 +361,18 @@ def test_prompt_dropout_acts_in_training_only(tiny_backbone, strategy):
     assert not torch.allclose(first, reference, atol=1e-4) and not torch.allclose(first, second, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["linear", "vpt-shallow", "vpt-deep", "gapt", "lspt"])
+def test_strategy_class_defaults_equal_the_registered_defaults(tiny_backbone, name):
+    """A strategy built directly from its class is the one `lspt list strategies` documents."""
+    from lspt_cli.specs import resolve_factory
+    from lspt_plugins.strategies import SPECS
+
+    spec = next(s for s in SPECS if s.name == name)
+    direct = resolve_factory(spec.factory)(tiny_backbone.dims)
+    assert direct.config() == spec.defaults
+    assert sum(p.numel() for p in direct.parameters()) == spec.count_params(tiny_backbone.dims)
+
+
 # -- distributed ---------------------------------------------------------------------------------
 DDP_CHILD = r"""
 import json, os, sys
