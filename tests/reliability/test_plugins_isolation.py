@@ -279,6 +279,41 @@ def lspt_register_{kind}(register):
     tally.bad_input(f"plugin: {what}")
 
 
+FACTORY_CASES = {
+    "strategy factory raises": ("""
+def make(dims, **config):
+    raise ValueError("cannot build prompts")
+
+@hookimpl
+def lspt_register_strategies(register):
+    register(StrategySpec(name="acme-s", description="", factory=make, defaults={}))
+""", ["--strategy", "acme-s"], ("ValueError: cannot build prompts",)),
+    "strategy factory names a missing module": ("""
+@hookimpl
+def lspt_register_strategies(register):
+    register(StrategySpec(name="acme-s", description="", factory="acme_gone_module:make", defaults={}))
+""", ["--strategy", "acme-s"], ("acme_gone_module", "cannot be loaded")),
+    "backbone factory raises": ("""
+def make(weights):
+    raise RuntimeError("no weights here")
+
+@hookimpl
+def lspt_register_backbones(register):
+    register(BackboneSpec(name="acme-b", description="", factory=make))
+""", ["--strategy", "vpt-deep", "--backbone", "acme-b"], ("RuntimeError: no weights here",)),
+}
+
+
+@pytest.mark.parametrize("what", FACTORY_CASES)
+def test_factory_failures_during_tune_name_the_plugin(what, tmp_path, tally):
+    source, args, needles = FACTORY_CASES[what]
+    base = ["tune", "--backbone", "vit-tiny", "--task", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), "-q"]
+    result = run(tmp_path, {"acme-factory": source}, *base, *args, timeout=300)
+    assert_error(result, "acme-factory", *needles)
+    assert not (tmp_path / "run" / "bundle.safetensors").exists()
+    tally.bad_input(f"plugin: {what} (tune)")
+
+
 def test_count_params_raising_names_the_plugin(tmp_path, tally):
     source = """
 def count(dims, config):
