@@ -373,6 +373,16 @@ def test_strategy_class_defaults_equal_the_registered_defaults(tiny_backbone, na
     assert sum(p.numel() for p in direct.parameters()) == spec.count_params(tiny_backbone.dims)
 
 
+@pytest.mark.parametrize("name", ["gapt", "lspt"])
+def test_gated_strategies_refuse_a_backbone_without_blocks(tiny_backbone, name):
+    import dataclasses
+
+    from lspt_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="depth must be an integer >= 1, got 0"):
+        build_strategy(name, dataclasses.replace(tiny_backbone.dims, depth=0), {"num_prompts": 2})
+
+
 # -- distributed ---------------------------------------------------------------------------------
 DDP_CHILD = r"""
 import json, os, sys
