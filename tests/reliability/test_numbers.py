@@ -144,3 +144,19 @@ def test_sweep_seeds_out_of_range_are_refused_before_planning(seeds, cli_err, ta
                              "--seeds", seeds)
     assert_clean_error(code, out, err, "--seeds", exit_code=2)
     tally.bad_input(f"option: sweep --seeds {seeds[:24]}")
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "explain"])
+@pytest.mark.parametrize("device", ["bogus", "cuda:99999"])
+def test_bad_device_on_commands_that_load_a_bundle(command, device, cli_err, reference_bundle, tmp_path, tally):
+    from PIL import Image
+
+    image = tmp_path / "img.png"
+    Image.new("RGB", (16, 16), (0, 128, 255)).save(image)
+    args = {"eval": ["eval", reference_bundle, "--task", "digits"],
+            "predict": ["predict", reference_bundle, image],
+            "explain": ["explain", reference_bundle, image, "--out", tmp_path / "maps"]}[command]
+    code, out, err = cli_err(*args, "--device", device)
+    assert_clean_error(code, out, err, "--device", exit_code=2)
+    assert not (tmp_path / "maps").exists() or not any((tmp_path / "maps").iterdir())
+    tally.bad_input(f"device: {command} --device {device}")
