@@ -316,6 +316,49 @@ def test_mlflow_sweep_is_one_experiment_with_a_run_per_trial(cli, tmp_path, trac
         _check_mlflow_run(tracking, mlflow_run, Path(mlflow_run.data.tags["lspt.run_dir"]), tmp_path / mlflow_run.info.run_id)
 
 
+@pytest.mark.slow
+def test_torchrun_rank_zero_alone_logs(tmp_path):
+    """Two CPU ranks (gloo): one event file, each epoch's scalars once."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    env = dict(os.environ, LSPT_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", LSPT_LOAD_PLUGINS="")
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "lspt_cli",
+         *TUNE, "--loggers", "tensorboard", "--out", str(run), "--json"],  # torchrun's parser takes --log as its --log-dir
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx([r["train_loss"] for r in metrics_of(run)], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_mlflow_without_a_tracking_uri_uses_a_local_store_under_the_data_dir(cli, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from lspt_cli import paths
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)
+    run = tmp_path / "run"
+    result = cli(*TUNE, "--log", "mlflow", "--out", str(run))
+    assert result.exit_code == 0, result.output
+    store = paths.data_dir() / "mlruns"
+    assert (store / "mlflow.db").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("lspt").experiment_id])
+    assert len(runs) == 1
+    _check_mlflow_run(client, runs[0], run, tmp_path / "download")
+    assert list((store / "artifacts").rglob("bundle.safetensors"))  # artifacts stay under the data dir too
+
+
 class ServerKiller:
     def __init__(self, proc):
         self.proc = proc

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
         device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per trial (0 = one per core).  [default: the recipe's, else 0]"),
-        log: Optional[str] = typer.Option(None, "--log", help="Experiment trackers for every trial, e.g. mlflow (one MLflow experiment per sweep).  [default: the recipe's, else none]"),
+        log: Optional[str] = typer.Option(None, "--log", "--loggers", help="Experiment trackers for every trial, e.g. mlflow (one MLflow experiment per sweep).  [default: the recipe's, else none]"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Strategy option KEY=VALUE for every trial (repeatable).  [default: the recipe's, else the strategy's]"),
         json_: bool = typer.Option(False, "--json", help="Print sweep.json's document on stdout."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or logs on stderr."),

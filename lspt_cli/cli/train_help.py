@@ -28,7 +28,7 @@ WHAT = {
     "num_workers": "Data-loader worker processes (results do not depend on it).",
     "device": "auto, cpu, cuda or cuda:N.",
     "threads": "torch CPU threads (0 = one per core).",
-    "loggers": "Experiment trackers, comma-separated: tensorboard, mlflow (lspt list loggers; README \"Tracking\").",
+    "loggers": "Experiment trackers, comma-separated: tensorboard, mlflow (lspt list loggers; README \"Tracking\"). Under torchrun spell it --loggers (torchrun reads --log as its --log-dir).",
     "compile": "torch.compile the prompted forward (compile time reported apart; eager where unavailable).",
     "grad_checkpointing": "Recompute each frozen block in backward: less memory, more time.",
     "augment": "Training augmentation (FGVC/custom crop+flip); --no-augment trains on the eval transform.",

@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
         device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
         threads: Optional[int] = typer.Option(None, "--threads", help=train_help("threads")),
-        log: Optional[str] = typer.Option(None, "--log", help=train_help("loggers"), autocompletion=complete_from("logger")),
+        log: Optional[str] = typer.Option(None, "--log", "--loggers", help=train_help("loggers"), autocompletion=complete_from("logger")),
         compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=train_help("compile")),
         grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing", help=train_help("grad_checkpointing")),
         augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=train_help("augment")),
