@@ -48,7 +48,8 @@ def hold(directory: str | os.PathLike, what: str, hint: str | None = None, wait:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LsptError(f"{directory}: cannot create the {what} ({exc.strerror or exc})") from None
+        raise LsptError(f"{directory}: the {what} is not writable ({exc.strerror or exc})",
+                        hint="choose another directory, or free some space") from None
     if not directory.is_dir():
         raise LsptError(f"{directory}: the {what} is not a directory")
     path = directory / LOCK_NAME

@@ -618,10 +618,8 @@ def running_state(loss_sum: float, correct: int, seen: int, seconds: float) -> d
 def _nan_hint(run_dir: Path, epoch: int) -> str:
     """What is left after a non-finite loss: name the checkpoint only when there is one."""
     if (run_dir / CHECKPOINT_NAME).exists():
-        kept = f"the last good checkpoint ({run_dir / CHECKPOINT_NAME}, {epoch} epoch(s) done) is intact"
-    else:
-        kept = "no checkpoint was written before it (nothing to resume)"
-    return f"{kept}; start again with a lower --lr, or keep --grad-clip on"
+        return f"the last good checkpoint (end of epoch {epoch}) is intact in {run_dir}; lower --lr or keep --grad-clip on"
+    return "no checkpoint was written before it (it failed in the first epoch); start again with a lower --lr, or keep --grad-clip on"
 
 
 def read_run_config(run_dir: Path) -> ResolvedConfig:

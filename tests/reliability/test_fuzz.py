@@ -274,11 +274,19 @@ def test_read_header_reads_at_most_the_header(tmp_path, valid_bundle, tally):
         fh = real_open(file, mode, *args, **kwargs)
         return Spy(fh) if str(file) == str(path) and "b" in mode else fh
 
-    builtins.open = spy_open
+    from lspt_cli import atomic
+
+    real_open_regular = atomic.open_regular
+
+    def spy_open_regular(file, *args, **kwargs):  # inputs are opened through the regular-file reader
+        fh = real_open_regular(file, *args, **kwargs)
+        return Spy(fh) if str(file) == str(path) else fh
+
+    builtins.open, atomic.open_regular = spy_open, spy_open_regular
     try:
         bundle.read_header(path)
     finally:
-        builtins.open = real_open
+        builtins.open, atomic.open_regular = real_open, real_open_regular
     assert sum(sizes) == 8 + n, sizes
     tally.fuzz("bundle reader: header read is bounded (no tensor data read)")
 
