@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Strategy option KEY=VALUE (repeatable), e.g. --set num_prompts=50; VALUE is parsed as JSON, else a string.  [default: the recipe's, else the strategy's (lspt list strategies)]"),
         final: bool = typer.Option(False, "--final", help="Train on train+val (VTAB: train800val200) and report test."),
         out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: under the data dir)."),
-        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in RUN_DIR from its last checkpoint.  [default: start a new run]"),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in RUN_DIR from its last checkpoint, with the options it started with (only --device, --num-workers, --threads may change).  [default: start a new run]"),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config as JSON and exit."),
         json_: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or logs."),
