@@ -56,6 +56,16 @@ def check_loggers(value: str | Iterable[str] | None, host) -> list:
     return specs
 
 
+def installed(spec) -> bool:
+    """Whether every module a LoggerSpec requires can be found (without importing it: `lspt list`)."""
+    from importlib.util import find_spec
+
+    try:
+        return all(find_spec(module) is not None for module in spec.requires)
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None
+        return False
+
+
 def _import_problem(module: str) -> str | None:
     try:
         importlib.import_module(module)

@@ -126,14 +126,21 @@ def test_unknown_logger_and_malformed_names_are_one_error(cli, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_extra_is_one_error_naming_it_before_training(cli, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now fails as if not installed
-    result = cli(*TUNE, "--log", "mlflow", "--out", str(tmp_path / "run"))
+@pytest.mark.parametrize("name", ["mlflow", "tensorboard"])
+def test_missing_extra_is_one_error_naming_it_before_training(cli, tmp_path, monkeypatch, name):
+    monkeypatch.setitem(sys.modules, name, None)  # `import mlflow` now fails as if not installed
+    result = cli(*TUNE, "--log", name, "--out", str(tmp_path / "run"))
     assert result.exit_code != 0
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1 and "'mlflow'" in error_lines[0]
-    assert "pip install 'lspt[mlflow]'" in result.output
+    assert len(error_lines) == 1 and f"'{name}'" in error_lines[0]
+    assert f"pip install 'lspt[{name}]'" in result.output
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    sweep = cli("sweep", "--backbone", "vit-tiny", "--task", "digits", "--strategy", "linear", "--grid", "lr=0.1",
+                "--seeds", "42", "--epochs", "1", "--log", name, "--out", str(tmp_path / "sweep"))
+    assert sweep.exit_code != 0 and f"pip install 'lspt[{name}]'" in sweep.output
+    assert not (tmp_path / "sweep").exists()  # refused before any trial
+    rows = {row["name"]: row for row in json.loads(cli("list", "loggers", "--json").output)}
+    assert rows[name]["installed"] is False
 
 
 # -- failure isolation and resume ------------------------------------------------------------------

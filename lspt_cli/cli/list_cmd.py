@@ -45,9 +45,9 @@ def rows_for(kind: str, pattern: str | None = None) -> list[dict]:
         elif kind == "recipes":
             row.update(strategy=spec.strategy, backbone=spec.backbone, benchmark=spec.benchmark, task=spec.task, source=spec.source)
         elif kind == "loggers":  # whether its extra is installed, without importing it
-            from importlib.util import find_spec
+            from ..loggers import installed
 
-            row.update(extra=spec.extra, installed=all(find_spec(m) is not None for m in spec.requires))
+            row.update(extra=spec.extra, installed=installed(spec))
         rows.append(row)
     return rows
 
