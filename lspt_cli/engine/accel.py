@@ -65,6 +65,11 @@ def compile_forward(model: torch.nn.Module, warm_up: Callable[[Callable], None],
         log("Warning: --compile needs torch >= 2.0; running eager")
         return model, 0.0
     try:
+        # inductor draws its own random numbers; fallback_random makes dropout (prompt dropout)
+        # draw eager's, so a compiled run's masks, and so its result, are the eager run's
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fallback_random = True
         compiled = torch.compile(model, dynamic=False)  # one static graph per batch size (full, last)
         start = time.perf_counter()
         warm_up(compiled)
