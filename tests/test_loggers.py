@@ -230,40 +230,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class MlflowServer:
+    """`mlflow server` on loopback (sqlite backend, artifacts in a temp dir), started by the test."""
+
+    def __init__(self, root: Path):
+        self.root, self.proc = root, None
+        self.url = f"http://127.0.0.1:{_free_port()}"
+
+    def ensure(self) -> "MlflowServer":
+        """Start it if it is not running (the server-loss test kills it; the store survives)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        with open(self.root / "server.log", "a") as log:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                 f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination", str(self.root / "artifacts"),
+                 "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1], "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root)
+        deadline = time.time() + 240
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.stop()
+                    pytest.fail(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the server and its workers
+        if self.proc is not None:
+            self.proc.wait()
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """`mlflow server` on loopback (sqlite backend, artifacts in a temp dir); killed at the end."""
     pytest.importorskip("mlflow")
-    root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    server = type("Server", (), {"url": url, "proc": proc, "root": root})
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
     yield server
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    log.close()
+    server.stop()
 
 
 @pytest.fixture
 def tracking(mlflow_server, monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    mlflow_server.ensure()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
                 "MLFLOW_EXPERIMENT_NAME"):
@@ -379,7 +393,7 @@ class ServerKiller:
 
 @pytest.mark.slow
 def test_mlflow_server_gone_mid_run_warns_once_and_the_bundle_is_unchanged(cli, tmp_path, tracking, mlflow_server):
-    """Last in this module: it kills the module's server."""
+    """Kills the module's server after epoch 1 (a later test's `tracking` starts it again)."""
     from lspt_cli.plugins import get_host
 
     plain = tmp_path / "plain"
