@@ -166,7 +166,7 @@ class RunLoggers:
             from .plugins import describe
 
             self.warn(f"Warning: logger '{name}' failed at {what} ({describe(exc)}); it is switched off for the "
-                      f"rest of this run (the run and its files are unaffected; a resume logs the missing epochs)")
+                      f"rest of this run (the run and its files are unaffected)")
             return False
 
     def _metrics(self) -> list[dict[str, Any]]:
