@@ -99,7 +99,11 @@ def test_builtin_loggers_are_listed_with_their_extras(cli):
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert {"tensorboard", "mlflow"} <= set(rows)
     assert rows["tensorboard"]["extra"] == "tensorboard" and rows["mlflow"]["extra"] == "mlflow"
-    assert rows["tensorboard"]["plugin"] == rows["mlflow"]["plugin"] == "loggers"  # the built-in entry point
+    assert rows["tensorboard"]["plugin"] == rows["mlflow"]["plugin"] == "loggers"
+    from lspt_cli.plugins import get_host
+
+    record = get_host().records["loggers"]  # through the `lspt` entry-point group, like a third-party plugin
+    assert record.builtin and record.dist == "lspt" and record.components == {"logger": ["tensorboard", "mlflow"]}
 
 
 def test_log_flag_and_recipe_key_reach_the_run_config(cli, tmp_path):
