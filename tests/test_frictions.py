@@ -219,7 +219,7 @@ def test_tune_on_a_missing_task_prints_no_run_directory(tmp_path):
 def test_predict_names_a_missing_bundle(tmp_path):
     missing = tmp_path / "missing.safetensors"
     result = run_cli("predict", str(missing))
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a bad file is a runtime error, as in eval
     assert result.stderr.splitlines()[0] == f"Error: {missing}: no such bundle file"
     result = run_cli("predict", str(missing), str(tmp_path / "bird.jpg"))
     assert result.stderr.splitlines()[0] == f"Error: {missing}: no such bundle file"

@@ -11,7 +11,7 @@ from typing import List
 
 import typer
 
-from ..errors import UsageError
+from ..errors import BundleError, DataError, UsageError
 from .output import out, print_json, safe
 
 
@@ -22,8 +22,9 @@ def split_arguments(paths: list[Path]) -> tuple[list[Path], list[Path]]:
         raise UsageError("predict needs at least one .safetensors bundle", hint="lspt predict task.safetensors image.jpg")
     for bundle in bundles:  # a missing bundle is named first, whatever else is wrong
         if not bundle.is_file():
-            raise UsageError(f"{bundle}: " + ("is a directory, not a bundle file" if bundle.is_dir() else "no such bundle file"),
-                             hint="lspt predict task.safetensors image.jpg")
+            # A bad file is a runtime error (exit 1), exactly as `eval` and `inspect` report it.
+            raise BundleError(f"{bundle}: " + ("is a directory, not a bundle file" if bundle.is_dir() else "no such bundle file"),
+                              hint="lspt predict task.safetensors image.jpg")
     if not images:
         raise UsageError("predict needs at least one image")
     return bundles, images
@@ -89,7 +90,7 @@ def register(app: typer.Typer) -> None:
         bundles, images = split_arguments(paths)
         for image in images:
             if not image.is_file():
-                raise UsageError(f"{image}: " + ("is a directory, not an image file" if image.is_dir() else "no such image file"))
+                raise DataError(f"{image}: " + ("is a directory, not an image file" if image.is_dir() else "no such image file"))
         results = predict_images(
             bundles, images, top_k=top_k, weights=weights, allow_backbone_mismatch=allow_backbone_mismatch,
             batch_size=batch_size, device=device,
