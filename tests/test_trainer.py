@@ -158,6 +158,9 @@ def test_one_sgd_step_moves_each_tensor_as_sgd_predicts(monkeypatch, tmp_path, c
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["train_loss"] == pytest.approx(loss.item(), rel=1e-5)  # the loss of the one batch
     assert record["train_acc"] == pytest.approx(100.0 * (logits.argmax(1) == labels).float().mean().item())
+    assert record["images_per_s"] == pytest.approx(16 / record["seconds"], rel=1e-6)
+    assert summary["bundle"] == str(tmp_path / "run" / "bundle.safetensors")
+    assert summary["bundle_bytes"] == (tmp_path / "run" / "bundle.safetensors").stat().st_size
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     grads = dict(zip(named, torch.autograd.grad(loss, list(named.values()))))
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
