@@ -7,10 +7,10 @@ imports torch. Raise `UsageError`/`ConfigError` (bad option), `DataError` (bad d
 
 from .errors import BundleError, ConfigError, DataError, LsptError, PluginError, TrainingError, UsageError, WeightsError
 from .hookspecs import hookimpl
-from .specs import BackboneSpec, DatasetSpec, LoggerSpec, RecipeSpec, StrategySpec
+from .specs import BackboneSpec, DatasetSpec, ExecutorSpec, LoggerSpec, RecipeSpec, StrategySpec
 
 __version__ = "0.1.0"
 __all__ = [
-    "hookimpl", "BackboneSpec", "DatasetSpec", "LoggerSpec", "RecipeSpec", "StrategySpec", "__version__",
+    "hookimpl", "BackboneSpec", "DatasetSpec", "ExecutorSpec", "LoggerSpec", "RecipeSpec", "StrategySpec", "__version__",
     "LsptError", "UsageError", "ConfigError", "DataError", "PluginError", "BundleError", "WeightsError", "TrainingError",
 ]

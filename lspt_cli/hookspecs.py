@@ -85,6 +85,22 @@ def lspt_register_loggers(register):
 
 
 @hookspec
+def lspt_register_executors(register):
+    """Register where ``lspt sweep --executor NAME`` runs trials (README "Running on a cluster").
+
+    :param register: call ``register(ExecutorSpec(name, description, factory, options, requires, extra))``
+        once per executor. ``factory(options, *, workers, sweep_dir, host) -> executor``, imported and
+        called only when a sweep picks it; ``executor.run(trials)`` yields ``(trial, outcome, summary,
+        error)`` as each trial ends (any order), ``executor.close()`` frees the engine. ``options`` maps
+        each ``--executor-opt KEY`` to its help (other keys are a usage error); ``requires``/``extra`` as
+        for loggers. Run a trial on a worker with ``lspt_cli.sweep.executors.run_trial(payload(trial))``:
+        it claims the trial and runs or resumes it, so selection never depends on the engine.
+
+    Return nothing. The sweep directory must be on a filesystem every worker shares.
+    """
+
+
+@hookspec
 def lspt_register_commands(app):
     """Add sub-commands to the ``lspt`` command line.
 

@@ -33,7 +33,7 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError, UsageError
 from .messages import one_line, shorten_list
-from .specs import KIND_OF_SPEC, BackboneSpec, DatasetSpec, LoggerSpec, RecipeSpec, StrategySpec
+from .specs import KIND_OF_SPEC, BackboneSpec, DatasetSpec, ExecutorSpec, LoggerSpec, RecipeSpec, StrategySpec
 
 BUILTIN_DIST = "lspt"
 ENTRY_POINT_GROUP = "lspt"
@@ -136,6 +136,7 @@ _REGISTER_HOOKS = {
     "dataset": "lspt_register_datasets",
     "recipe": "lspt_register_recipes",
     "logger": "lspt_register_loggers",
+    "executor": "lspt_register_executors",
 }
 
 
@@ -151,6 +152,7 @@ class PluginHost:
         self.datasets: Registry[DatasetSpec] = Registry("dataset", DatasetSpec)
         self.recipes: Registry[RecipeSpec] = Registry("recipe", RecipeSpec)
         self.loggers: Registry[LoggerSpec] = Registry("logger", LoggerSpec)
+        self.executors: Registry[ExecutorSpec] = Registry("executor", ExecutorSpec)
         self.warnings: list[str] = []
         self.muted: set[str] = set()  # plugins whose event hooks failed once
 
@@ -162,6 +164,7 @@ class PluginHost:
             "dataset": self.datasets,
             "recipe": self.recipes,
             "logger": self.loggers,
+            "executor": self.executors,
         }[kind]
 
     def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
@@ -384,14 +387,14 @@ def plugin_of_traceback(tb: TracebackType | None) -> str | None:
 
 def spec_problem(spec: object) -> str | None:
     """What is malformed in a registered spec (wrong field types), or None."""
-    from .specs import BackboneSpec, DatasetSpec, LoggerSpec, RecipeSpec, StrategySpec
+    from .specs import BackboneSpec, DatasetSpec, ExecutorSpec, LoggerSpec, RecipeSpec, StrategySpec
 
     def factory_ok(value: object) -> bool:
         return callable(value) or (isinstance(value, str) and ":" in value and value.partition(":")[0] != "")
 
     if not isinstance(getattr(spec, "description", ""), str):
         return "a description that is not a string"
-    if isinstance(spec, (BackboneSpec, StrategySpec, LoggerSpec)) and not factory_ok(spec.factory):
+    if isinstance(spec, (BackboneSpec, StrategySpec, LoggerSpec, ExecutorSpec)) and not factory_ok(spec.factory):
         return f"factory {spec.factory!r}; expected a callable or 'package.module:attribute'"
     if isinstance(spec, BackboneSpec):
         for key in ("embed_dim", "depth", "num_prefix_tokens"):
@@ -410,6 +413,8 @@ def spec_problem(spec: object) -> str | None:
             return f"prepare {spec.prepare!r}; expected a callable or 'package.module:attribute'"
         if not isinstance(spec.benchmark, str) or not isinstance(spec.needs_root, bool):
             return "benchmark/needs_root of the wrong type (expected str and bool)"
+    if isinstance(spec, ExecutorSpec) and (not isinstance(spec.options, dict) or not isinstance(spec.requires, tuple)):
+        return "options/requires of the wrong type (expected a dict of option -> help and a tuple of module names)"
     if isinstance(spec, LoggerSpec) and (not isinstance(spec.requires, tuple) or not all(isinstance(m, str) for m in spec.requires)):
         return f"requires={spec.requires!r}; expected a tuple of module names"
     if isinstance(spec, RecipeSpec) and not isinstance(spec.values, dict):

@@ -153,10 +153,29 @@ class LoggerSpec:
     extra: str = ""
 
 
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """Where `lspt sweep --executor NAME` runs its trials (README "Running on a cluster").
+
+    `factory(options, *, workers, sweep_dir, host) -> executor` whose `run(trials)` yields
+    `(trial, outcome, summary, error)` as trials end and `close()` frees the engine
+    (lspt_cli/sweep/executors.py). `options` maps each `--executor-opt` key to its help; `requires`
+    and `extra` as for loggers: a missing module is one `Error:` before any trial.
+    """
+
+    name: str
+    description: str
+    factory: Factory
+    options: dict[str, str] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    extra: str = ""
+
+
 KIND_OF_SPEC = {
     BackboneSpec: "backbone",
     StrategySpec: "strategy",
     DatasetSpec: "dataset",
     RecipeSpec: "recipe",
     LoggerSpec: "logger",
+    ExecutorSpec: "executor",
 }

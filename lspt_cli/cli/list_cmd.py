@@ -1,4 +1,4 @@
-"""`lspt list KIND [PATTERN]`: registered backbones, strategies, datasets, recipes or loggers."""
+"""`lspt list KIND [PATTERN]`: registered backbones, strategies, datasets, recipes, loggers or executors."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ class Kind(str, Enum):
     datasets = "datasets"
     recipes = "recipes"
     loggers = "loggers"
+    executors = "executors"
 
 
 _SINGULAR = {"backbones": "backbone", "strategies": "strategy", "datasets": "dataset", "recipes": "recipe",
-             "loggers": "logger"}
+             "loggers": "logger", "executors": "executor"}
 
 
 def rows_for(kind: str, pattern: str | None = None) -> list[dict]:
@@ -44,10 +45,12 @@ def rows_for(kind: str, pattern: str | None = None) -> list[dict]:
             row["benchmark"] = spec.benchmark
         elif kind == "recipes":
             row.update(strategy=spec.strategy, backbone=spec.backbone, benchmark=spec.benchmark, task=spec.task, source=spec.source)
-        elif kind == "loggers":  # whether its extra is installed, without importing it
+        elif kind in ("loggers", "executors"):  # whether its extra is installed, without importing it
             from ..loggers import installed
 
             row.update(extra=spec.extra, installed=installed(spec))
+            if kind == "executors":
+                row["options"] = dict(spec.options)
         rows.append(row)
     return rows
 
@@ -74,15 +77,19 @@ def register(app: typer.Typer) -> None:
         if kind == Kind.backbones:
             table.add_column("readout")
             table.add_column("input (size, mean / std)")
-        if kind == Kind.loggers:
+        if kind in (Kind.loggers, Kind.executors):
             table.add_column("needs")
+        if kind == Kind.executors:
+            table.add_column("options (--executor-opt KEY=VALUE)")
         for row in rows:
             cells = [safe(row["name"]), safe(row["description"])]
             if kind == Kind.backbones:
                 cells += [safe(row["readout"]), _input_text(row)]
-            if kind == Kind.loggers:
+            if kind in (Kind.loggers, Kind.executors):
                 needs = f"lspt[{row['extra']}]" if row["extra"] else "-"
                 cells.append(safe(needs + ("" if row["installed"] else " (not installed)")))
+            if kind == Kind.executors:
+                cells.append(safe(", ".join(row["options"]) or "-"))
             if kind == Kind.strategies:
                 cells.append(f"{row['params_vitb16']:,}" if row["params_vitb16"] is not None else "?")
                 cells.append(safe(", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in row["defaults"].items()) or "-"))

@@ -1,6 +1,6 @@
 """`lspt sweep`: grid search on val, selection, final runs with every seed (the VPT protocol).
 
-See lspt_cli/sweep.py for the protocol. Trials are ordinary `lspt tune` run directories under the
+See lspt_cli/sweep/ for the protocol. Trials are ordinary `lspt tune` run directories under the
 sweep directory; re-running the same command resumes a sweep; `--plan` prints one `lspt tune`
 command per trial instead (SLURM arrays, GNU parallel).
 """
@@ -27,6 +27,19 @@ def default_sweep_dir(tasks: list[str], strategy: str, backbone: str) -> Path:
     return paths.runs_dir() / f"sweep-{label}-{strategy}-{backbone}"
 
 
+def _executor_options(items: list[str] | None) -> dict[str, str]:
+    """`["partition=gpu", "gpus=1"]` -> {"partition": "gpu", "gpus": "1"} (values stay strings: the executor reads them)."""
+    options: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"--executor-opt expects KEY=VALUE, got {item!r}", hint="e.g. --executor-opt cluster=local")
+        if key.strip() in options:
+            raise UsageError(f"--executor-opt {key.strip()} given twice")
+        options[key.strip()] = value.strip()
+    return options
+
+
 def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep(
@@ -36,7 +49,9 @@ def register(app: typer.Typer) -> None:
         strategy: str = typer.Option("lspt", "--strategy", "-s", help="Prompt strategy.", autocompletion=complete_from("strategy")),
         grid: Optional[List[str]] = typer.Option(None, "--grid", help="KEY=V1,V2,... (repeatable), e.g. --grid lr=0.05,0.1 --grid wd=0,1e-4. Default: the recipe's [grid]."),
         seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds; the first one runs the grid, all of them the final runs. Default 42,44,82,100,800."),
-        workers: int = typer.Option(1, "--workers", "-j", min=1, help="Trials run concurrently in subprocesses (GPUs round-robin)."),
+        workers: int = typer.Option(1, "--workers", "-j", min=1, help="Trials run concurrently (local: subprocesses, GPUs round-robin; slurm: the job array's parallelism; ray: the local cluster's size)."),
+        executor: str = typer.Option("local", "--executor", "-x", help="Where trials run: local, slurm (submitit), ray, or a plugin's (lspt list executors).", autocompletion=complete_from("executor")),
+        executor_opt: Optional[List[str]] = typer.Option(None, "--executor-opt", help="Executor option KEY=VALUE (repeatable), e.g. --executor-opt partition=gpu --executor-opt cluster=local (README \"Running on a cluster\")."),
         out_dir: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default: under the data dir; the same command resumes it)."),
         plan_only: bool = typer.Option(False, "--plan", help="Print one `lspt tune` command per trial to run, run nothing."),
         finals: bool = typer.Option(True, "--finals/--no-finals", help="Run the selected point with every seed, as `lspt tune --final` (train+val; FGVC under protocol paper: train, test at the best val epoch)."),
@@ -79,6 +94,10 @@ def register(app: typer.Typer) -> None:
         from ..loggers import check_loggers
 
         check_loggers(log, host)  # an unknown logger or a missing extra: before any trial
+        from ..sweep import check_executor
+
+        executor_options = _executor_options(executor_opt)
+        check_executor(executor, executor_options, host)  # likewise, before the sweep dir is touched
         set_values = parse_assignments(set_)
         unknown = sorted(set(set_values) - set(spec_strategy.defaults or {}))
         if unknown and spec_strategy.defaults is not None:
@@ -143,7 +162,8 @@ def register(app: typer.Typer) -> None:
                     + (f"val {val:.2f}%, " if val is not None else "") + f"test {record['test_top1']:.2f}% "
                     f"({record.get('seconds') or 0:.1f} s{', resumed' if record['outcome'] == 'resumed' else ''})")
 
-        runner = Sweep(spec, host, workers=workers, on_trial=on_trial, on_phase=on_phase)
+        runner = Sweep(spec, host, workers=workers, on_trial=on_trial, on_phase=on_phase,
+                       executor=executor, executor_options=executor_options)
         try:
             if bar is not None:
                 bar.start()

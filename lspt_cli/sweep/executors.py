@@ -1,0 +1,205 @@
+"""Executors: where trials run. `local` (in-process, or worker slots of subprocesses) is here; the
+engines (`slurm`, `ray`) are plugins (plugins/executors/) registered with `lspt_register_executors`.
+
+Every executor runs a trial as `python -m lspt_cli tune ...` (or in-process for one local worker)
+under the trial's claim (state.py), so what runs, and where its files go, never depends on the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import LsptError
+from ..rundir import RUN_FILES
+from .grid import STDERR_TAIL, Trial, run_state
+from .state import claim, read_summary
+
+def run_in_process(trial: Trial, host) -> tuple[str, dict | None, str | None]:
+    """(outcome, summary, error) of one trial run in this process (Ctrl-C propagates)."""
+    state = "new"
+    from ..engine.train import Interrupted, Trainer, check_writable
+
+    from ..locks import hold
+
+    try:
+        with claim(trial.run_dir), hold(trial.run_dir, "run directory"):  # a stray `lspt tune` on it: refused, pid named
+            state = trial.state()  # after the claim: another driver may have finished it meanwhile
+            if state == "finished" and read_summary(trial.run_dir) is not None:
+                return "skipped", read_summary(trial.run_dir), None
+            if state == "stale":
+                for name in RUN_FILES:
+                    (trial.run_dir / name).unlink(missing_ok=True)
+            check_writable(trial.run_dir)
+            summary = Trainer(trial.config, trial.run_dir, host=host).run(resume=state == "partial")
+    except Interrupted:
+        raise
+    except LsptError as exc:
+        return "failed", None, exc.message + (f" ({exc.hint})" if exc.hint else "")
+    except Exception as exc:  # noqa: BLE001  (a crashing trial must not stop the sweep)
+        tail = traceback.format_exc()[-STDERR_TAIL:]
+        return "failed", None, f"{type(exc).__name__}: {exc}\n{tail}"
+    return ("resumed" if state == "partial" else "ran"), summary, None
+
+
+def subprocess_argv(trial: Trial) -> list[str]:
+    return tune_argv(trial.argv, str(trial.run_dir))
+
+
+def tune_argv(argv: list[str], run_dir: str) -> list[str]:
+    """The `lspt tune` command for the trial's state now: resume a checkpoint, overwrite leftovers."""
+    state = run_state(Path(run_dir))
+    base = [sys.executable, "-m", "lspt_cli", "tune"]
+    if state == "partial":
+        return base + ["--resume", run_dir, "--json", "-q"]
+    return base + list(argv) + (["--overwrite"] if state == "stale" else []) + ["--json", "-q"]
+
+
+def payload(trial: Trial, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """What a remote worker needs to run a trial: plain data (no config objects, no host)."""
+    return {"argv": list(trial.argv), "run_dir": str(trial.run_dir), "env": dict(env or {})}
+
+
+def run_trial(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
+    """Run one trial from its payload, on whatever machine the engine picked (the sweep dir is shared).
+
+    Claims the trial first (waiting while another driver or a retried job still runs it), then runs
+    what its directory says is left: nothing when finished, `--resume` from a checkpoint, else the
+    whole command. Returns (outcome, summary, error); a crash of the trial is a result, not an exception."""
+    run_dir = Path(job["run_dir"])
+    with claim(run_dir):
+        state = run_state(run_dir)
+        if state == "finished" and read_summary(run_dir) is not None:
+            return "skipped", read_summary(run_dir), None
+        env = dict(os.environ)
+        env.update(job.get("env") or {})
+        env.setdefault("LSPT_NO_PROGRESS", "1")
+        proc = subprocess.run(tune_argv(job["argv"], str(run_dir)), env=env, capture_output=True, text=True)
+    if proc.returncode == 130:
+        return "failed", None, "interrupted (exit code 130)"
+    summary = read_summary(run_dir)
+    if proc.returncode != 0 or summary is None:
+        tail = (proc.stderr or proc.stdout or "").strip()[-STDERR_TAIL:]
+        return "failed", None, f"exit code {proc.returncode}: {tail}"
+    return ("resumed" if state == "partial" else "ran"), summary, None
+
+
+def run_subprocess(trial: Trial, env: dict[str, str]) -> tuple[str, dict | None, str | None]:
+    outcome, summary, error = run_trial(payload(trial, env))
+    if error == "interrupted (exit code 130)":
+        raise KeyboardInterrupt
+    return outcome, summary, error
+
+
+def worker_envs(workers: int) -> list[dict[str, str]]:
+    """One environment per worker slot: GPUs round-robin, or a share of the CPU threads each."""
+    gpus: list[str] = []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    else:
+        try:
+            import torch
+
+            gpus = [str(i) for i in range(torch.cuda.device_count())]
+        except Exception:  # noqa: BLE001
+            gpus = []
+    envs = []
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if "OMP_NUM_THREADS" in os.environ:
+        try:
+            threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
+        except ValueError:
+            pass
+    for slot in range(workers):
+        env = dict(os.environ)
+        if len(gpus) > 1:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+        if not gpus:
+            env["OMP_NUM_THREADS"] = str(threads)
+            env["MKL_NUM_THREADS"] = str(threads)
+        env.setdefault("LSPT_NO_PROGRESS", "1")
+        envs.append(env)
+    return envs
+
+
+
+
+Result = tuple  # (trial, outcome, summary | None, error | None)
+
+
+class LocalExecutor:
+    """Today's scheduler: one worker runs trials in this process; N workers are N subprocess slots,
+    each with one GPU (round-robin over the visible ones) or a share of the CPU threads."""
+
+    def __init__(self, options: dict[str, str], *, workers: int, sweep_dir: Path, host) -> None:
+        self.workers, self.host = max(1, workers), host
+
+    def run(self, trials: list[Trial]) -> Iterator[Result]:
+        if self.workers == 1 or len(trials) <= 1:
+            for trial in trials:
+                yield (trial, *run_in_process(trial, self.host))
+            return
+        envs = worker_envs(self.workers)
+        slots = list(range(self.workers))
+        slot_lock = threading.Lock()
+
+        def job(trial: Trial):
+            with slot_lock:
+                slot = slots.pop(0)
+            try:
+                return run_subprocess(trial, envs[slot])
+            finally:
+                with slot_lock:
+                    slots.append(slot)
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            futures = {pool.submit(job, t): t for t in trials}
+            try:
+                for future in as_completed(futures):
+                    yield (futures[future], *future.result())
+            except (KeyboardInterrupt, GeneratorExit):
+                for f in futures:
+                    f.cancel()
+                raise
+
+    def close(self) -> None:
+        pass
+
+
+def check_executor(name: str, options: dict[str, str], host):
+    """The ExecutorSpec of `--executor NAME --executor-opt K=V`; an unknown name or option, or a
+    missing extra, is one `Error:` before the sweep dir is touched."""
+    import importlib.util
+
+    from ..errors import UsageError
+
+    spec = host.executors.get(name)  # "unknown executor 'x'; available: ..."
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise UsageError(f"unknown --executor-opt '{unknown[0]}' for executor '{name}'; allowed: "
+                         f"{', '.join(sorted(spec.options)) or '(none)'}", hint="see lspt list executors")
+    for module in spec.requires:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            install = f"pip install 'lspt[{spec.extra}]'" if spec.extra else f"pip install {module}"
+            raise UsageError(f"--executor {name} needs the Python package '{module}', which is not installed",
+                             hint=f"install the extra: {install}")
+    return spec
+
+
+def open_executor(name: str, options: dict[str, str], *, workers: int, sweep_dir: Path, host):
+    """Check the executor (check_executor), then build it with its spec's factory."""
+    from ..specs import resolve_factory
+
+    spec = check_executor(name, options, host)
+    return resolve_factory(spec.factory)(dict(options), workers=workers, sweep_dir=Path(sweep_dir), host=host)

@@ -1,0 +1,408 @@
+"""The grid and the selection: parsing `--grid`/`--seeds`/`--task`, trials (one `lspt tune` run dir
+each, named after its grid point and seed), and the protocol's selection rule over finished trials."""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import LsptError, UsageError
+from ..rundir import CHECKPOINT_NAME, CONFIG_NAME, RUN_FILES, SUMMARY_NAME
+from ..selection import BEST_VAL, Rule, rule_for, selection_value
+
+DEFAULT_SEEDS = (42, 44, 82, 100, 800)  # DESIGN.md section 7
+GRID_ALIASES = {"wd": "weight_decay", "weight-decay": "weight_decay"}
+# TrainConfig keys `lspt tune` has a flag for (a grid over them must be expressible as a command).
+TRAIN_FLAGS = {
+    "protocol": "--protocol",
+    "epochs": "--epochs",
+    "warmup_epochs": "--warmup-epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+    "optimizer": "--optimizer",
+    "grad_clip": "--grad-clip",
+    "amp": "--amp",
+    "schedule": "--schedule",
+    "head_init": "--head-init",
+    "ddp_batch": "--ddp-batch",
+    "lr_scaling": "--lr-scaling",
+    "readout": "--readout",
+    "num_workers": "--num-workers",
+    "device": "--device",
+    "threads": "--threads",
+    "loggers": "--log",
+}
+SHORT_NAMES = {"lr": "lr", "weight_decay": "wd"}
+STDERR_TAIL = 2000
+
+
+# -- parsing --------------------------------------------------------------------------------------
+def _parse_value(raw: str) -> Any:
+    raw = raw.strip()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def parse_grid(items: Iterable[str] | None) -> dict[str, list]:
+    """`["lr=0.05,0.1", "wd=0,1e-4"]` -> {"lr": [0.05, 0.1], "weight_decay": [0, 0.0001]}."""
+    grid: dict[str, list] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = GRID_ALIASES.get(key.strip(), key.strip())
+        values = [_parse_value(v) for v in raw.split(",") if v.strip()]
+        if not sep or not key or not values:
+            raise UsageError(f"--grid expects KEY=V1,V2,..., got {item!r}", hint="e.g. --grid lr=0.05,0.1,0.25 --grid wd=0,1e-4")
+        if key in grid:
+            raise UsageError(f"--grid {key} given twice")
+        _check_grid_values(key, values)
+        grid[key] = list(dict.fromkeys(values))  # keep order, drop duplicates
+    return grid
+
+
+def _check_grid_values(key: str, values: list) -> None:
+    """Training values of a grid have their TrainConfig types (`--grid lr=abc` is a usage error
+    naming the value, not a command line with `--lr abc`); strategy keys are checked by the strategy."""
+    from ..errors import ConfigError
+    from ..recipes import TrainConfig, coerce_train_values
+
+    if key not in TrainConfig.keys():
+        return
+    for value in values:
+        try:
+            coerce_train_values({key: value}, "--grid")
+        except ConfigError as exc:
+            raise UsageError(exc.message, hint="e.g. --grid lr=0.05,0.1,0.25 --grid wd=0,1e-4") from None
+
+
+def parse_seeds(text: str | None) -> list[int]:
+    if text is None:
+        return list(DEFAULT_SEEDS)
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds expects integers separated by commas, got {text!r}") from None
+    if not seeds:
+        raise UsageError("--seeds needs at least one seed")
+    from ..validate import TRAIN_RULES
+
+    for seed in seeds:  # the same range as tune's --seed, refused before any trial is planned
+        problem = TRAIN_RULES["seed"].problem(seed)
+        if problem:
+            raise UsageError(f"--seeds: each seed {problem}")
+    return list(dict.fromkeys(seeds))
+
+
+def prepared_task_ids() -> list[str]:
+    """Ids of the tasks prepared under the data dir (`tasks/<id>/manifest.json`, ids may hold '/')."""
+    from .. import paths
+
+    root = paths.tasks_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.relative_to(root).as_posix() for p in root.rglob("manifest.json"))
+
+
+def expand_tasks(patterns: Iterable[str], host) -> list[str]:
+    """fnmatch patterns over registered datasets and prepared task ids; plain names pass through.
+
+    A registered dataset that needs a `--root` and is not prepared is left out of a wildcard match
+    (with a UsageError if nothing else matches), so `'vtab/*'` means the VTAB tasks you prepared.
+    """
+    from ..data.manifest import canonical_task
+
+    prepared = set(prepared_task_ids())
+    registered = set(host.datasets.names())
+    usable = set(prepared)
+    for name in registered:
+        spec = host.datasets.get(name)
+        if not getattr(spec, "needs_root", True) and name != "imagefolder":
+            usable.add(name)  # auto-prepared on first use (digits)
+    tasks: list[str] = []
+    for pattern in patterns:
+        if not any(ch in pattern for ch in "*?["):
+            tasks.append(canonical_task(pattern))
+            continue
+        matched = sorted(n for n in usable if fnmatch.fnmatchcase(n, pattern))
+        if not matched:
+            unprepared = sorted(n for n in registered - usable if fnmatch.fnmatchcase(n, pattern))
+            if unprepared:
+                raise UsageError(
+                    f"--task {pattern!r} matches no prepared task (registered but not prepared: {', '.join(unprepared[:5])}"
+                    + (", ..." if len(unprepared) > 5 else "") + ")",
+                    hint="prepare them first, e.g. lspt prepare-data vtab --root ~/data/vtab-1k",
+                )
+            raise UsageError(f"--task {pattern!r} matches no task", hint="see lspt list datasets")
+        tasks.extend(matched)
+    return list(dict.fromkeys(tasks))
+
+
+# -- trials ---------------------------------------------------------------------------------------
+def format_value(value: Any) -> str:
+    """A value as it appears in a trial directory name: 0.1 -> '0.1', 0.0 -> '0', 1e-4 -> '0.0001'."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value == int(value) and abs(value) < 1e15:
+            return str(int(value))
+        text = repr(value)
+        if "e" in text:
+            text = f"{value:.12f}".rstrip("0")
+        return text
+    text = str(value)
+    return "".join(ch if ch.isalnum() or ch in "._+" else "_" for ch in text)
+
+
+def trial_name(point: dict[str, Any], seed: int, final: bool) -> str:
+    parts = [f"{SHORT_NAMES.get(k, k)}{format_value(v)}" for k, v in ordered_point(point)]
+    return ("final-" if final else "") + "-".join(parts + [f"seed{seed}"])
+
+
+def ordered_point(point: dict[str, Any]) -> list[tuple[str, Any]]:
+    """lr first, then weight decay, then the other keys by name (also the tie-break order)."""
+    first = [k for k in ("lr", "weight_decay") if k in point]
+    return [(k, point[k]) for k in first + sorted(k for k in point if k not in first)]
+
+
+def task_dir_name(task: str) -> str:
+    return task.replace("/", "-")
+
+
+def run_state(run_dir: Path) -> str:
+    """'finished' (summary.json), 'partial' (a checkpoint to resume), 'stale' (leftovers) or 'new'."""
+    run_dir = Path(run_dir)
+    if (run_dir / SUMMARY_NAME).exists():
+        return "finished"
+    if (run_dir / CHECKPOINT_NAME).exists() and (run_dir / CONFIG_NAME).exists():
+        return "partial"
+    if run_dir.exists() and any((run_dir / n).exists() for n in RUN_FILES):
+        return "stale"
+    return "new"
+
+
+@dataclass
+class Trial:
+    task: str
+    point: dict[str, Any]
+    seed: int
+    final: bool
+    run_dir: Path
+    argv: list[str]  # `lspt tune` arguments (without the program name)
+    config: Any = None  # ResolvedConfig, or None when it could not be resolved
+    error: str | None = None  # a resolution error: the trial fails without running
+
+    @property
+    def name(self) -> str:
+        return trial_name(self.point, self.seed, self.final)
+
+    @property
+    def phase(self) -> str:
+        return "final" if self.final else "grid"
+
+    def key(self) -> str:
+        return f"{self.task}/{self.name}"
+
+    def state(self) -> str:
+        return run_state(self.run_dir)
+
+    def command(self, prefix: list[str] | None = None) -> list[str]:
+        return (prefix or ["lspt"]) + ["tune"] + self.argv
+
+
+@dataclass
+class SweepSpec:
+    """Everything the user asked for; `build_trials` turns it into trials."""
+
+    backbone: str
+    strategy: str
+    tasks: list[str]
+    seeds: list[int]
+    sweep_dir: Path
+    grid: dict[str, list] = field(default_factory=dict)  # from --grid (empty: the recipe's)
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # pass-through flags
+    strategy_overrides: dict[str, Any] = field(default_factory=dict)  # --set
+    weights: str | None = None
+    recipe: str | None = None
+    finals: bool = True
+
+
+def task_benchmark(task: str, host) -> str:
+    """The benchmark family of a task: from its registration, else from its prepared manifest
+    (as `lspt tune` finds it; kept here so the sweep never imports the CLI layer)."""
+    if task in host.datasets:
+        return host.datasets.get(task).benchmark
+    from ..data.manifest import load_manifest
+
+    try:
+        return load_manifest(task).benchmark
+    except Exception:  # noqa: BLE001
+        host.datasets.get(task)  # raises "unknown dataset 'x'; available: ..."
+        raise
+
+
+def _resolve(spec: SweepSpec, task: str, host, train: dict, strat: dict, final: bool):
+    from ..recipes import resolve_config
+
+    return resolve_config(
+        backbone=spec.backbone, strategy=spec.strategy, task=task, benchmark=task_benchmark(task, host),
+        registered_recipes=host.recipes, recipe_file=spec.recipe, train_overrides=train,
+        strategy_overrides=strat, weights=spec.weights, final=final,
+    )
+
+
+def task_grid(spec: SweepSpec, task: str, host) -> dict[str, list]:
+    """The grid of one task: `--grid` flags, else the recipe's [grid] minus keys pinned by flags."""
+    if spec.grid:
+        grid = dict(spec.grid)
+    else:
+        base = _resolve(spec, task, host, spec.train_overrides, spec.strategy_overrides, False)
+        grid = {GRID_ALIASES.get(k, k): list(v) for k, v in base.grid.items()}
+        for key in list(grid):
+            if key in spec.train_overrides or key in spec.strategy_overrides:
+                del grid[key]  # an explicit --lr / --set pins that key
+    check_grid_keys(grid, spec, host)
+    return grid
+
+
+def check_grid_keys(grid: dict[str, list], spec: SweepSpec, host) -> None:
+    from ..recipes import TrainConfig
+
+    options = host.strategies.get(spec.strategy).defaults or {}
+    for key in grid:
+        if key == "seed":
+            raise UsageError("seeds are not a grid key; use --seeds 42,44,82")
+        if key in TrainConfig.keys():
+            if key not in TRAIN_FLAGS:
+                raise UsageError(f"grid key '{key}' has no `lspt tune` flag; put it in a --recipe instead")
+            if key in spec.train_overrides:
+                raise UsageError(f"'{key}' is both a grid key and a fixed flag")
+        elif key in options:
+            if key in spec.strategy_overrides:
+                raise UsageError(f"'{key}' is both a grid key and a --set value")
+        else:
+            allowed = sorted(TRAIN_FLAGS) + sorted(options)
+            raise UsageError(f"unknown grid key '{key}'; allowed: {', '.join(allowed)} (and wd for weight_decay)")
+
+
+def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
+    if not grid:
+        return [{}]
+    keys = [k for k, _ in ordered_point({k: None for k in grid})]
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def _set_value(value: Any) -> str:
+    """A --set value that `parse_assignments` reads back as the same value."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+        return json.dumps(value)
+    return json.dumps(value)
+
+
+def _flag_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def make_trial(spec: SweepSpec, task: str, point: dict[str, Any], seed: int, final: bool, host) -> Trial:
+    """Resolve one trial's config and its fully specified `lspt tune` command."""
+    from ..recipes import TrainConfig
+
+    train = dict(spec.train_overrides)
+    strat = dict(spec.strategy_overrides)
+    for key, value in point.items():
+        (train if key in TrainConfig.keys() else strat)[key] = value
+    train["seed"] = seed
+    run_dir = (spec.sweep_dir / task_dir_name(task) / trial_name(point, seed, final)).resolve()
+    config, error = None, None
+    try:
+        config = _resolve(spec, task, host, train, strat, final)
+    except LsptError as exc:
+        error = exc.message
+    argv = ["--backbone", spec.backbone, "--task", task, "--strategy", spec.strategy]
+    if spec.weights:
+        argv += ["--weights", str(Path(spec.weights).resolve())]
+    if spec.recipe:
+        argv += ["--recipe", str(Path(spec.recipe).resolve())]
+    fixed = dict(train)
+    if config is not None:  # lr and weight decay always explicit, as resolved
+        fixed.setdefault("lr", config.train.lr)
+        fixed.setdefault("weight_decay", config.train.weight_decay)
+    for key in ("seed",) + tuple(TRAIN_FLAGS):
+        if key in fixed:
+            argv += ["--seed" if key == "seed" else TRAIN_FLAGS[key], _flag_value(fixed[key])]
+    for key, value in strat.items():
+        argv += ["--set", f"{key}={_set_value(value)}"]
+    if final:
+        argv.append("--final")
+    argv += ["--out", str(run_dir)]
+    return Trial(task=task, point=point, seed=seed, final=final, run_dir=run_dir, argv=argv, config=config, error=error)
+
+
+def build_grid_trials(spec: SweepSpec, host) -> dict[str, list[Trial]]:
+    """Per task: one trial per grid point with the first seed (none when the grid has one point)."""
+    trials = {}
+    for task in spec.tasks:
+        points = grid_points(task_grid(spec, task, host))
+        if len(points) == 1:
+            trials[task] = []  # nothing to select: go straight to the final runs
+            continue
+        trials[task] = [make_trial(spec, task, p, spec.seeds[0], False, host) for p in points]
+    return trials
+
+
+def build_final_trials(spec: SweepSpec, task: str, point: dict[str, Any], host) -> list[Trial]:
+    return [make_trial(spec, task, point, seed, True, host) for seed in spec.seeds]
+
+
+# -- selection ------------------------------------------------------------------------------------
+def _tie_value(value: Any) -> tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def selection_key(record: dict[str, Any], key: str = "val_top1") -> tuple:
+    """Sort key: best val top-1 first; ties -> smaller lr, then smaller wd, then other keys by name."""
+    point = record.get("point") or {}
+    return (-float(record[key]),) + tuple(_tie_value(v) for _, v in ordered_point(point))
+
+
+def select_best(records: list[dict[str, Any]], key: str = "val_top1") -> dict[str, Any] | None:
+    """The selected grid trial among finished ones (records with a numeric `key`), or None."""
+    done = [r for r in records if r.get("status") == "finished" and isinstance(r.get(key), (int, float))
+            and not isinstance(r.get(key), bool) and not math.isnan(r[key])]
+    if not done:
+        return None
+    return min(done, key=lambda r: selection_key(r, key))
+
+
+def select_trial(records: list[dict[str, Any]], select_by: str) -> dict[str, Any] | None:
+    """Select by the rule's val top-1 (selection.py): each finished record gets `select_val` and
+    `select_epoch` from its run directory's metrics.jsonl (the last epoch's val, or the best's)."""
+    for record in records:
+        if record.get("status") != "finished":
+            continue
+        value, epoch = selection_value(record["run_dir"], select_by) if record.get("run_dir") else (None, None)
+        if value is None and select_by == BEST_VAL:  # no per-epoch log: the summary's best val
+            value = record.get("val_top1")
+        record.update(select_val=value, select_epoch=epoch, select_by=select_by)
+    return select_best(records, key="select_val")
+
+
+def task_rule(spec: "SweepSpec", task: str, host) -> Rule:
+    """The selection/final rule of a task: its resolved protocol and benchmark."""
+    config = _resolve(spec, task, host, spec.train_overrides, spec.strategy_overrides, False)
+    return rule_for(config.train.protocol, config.benchmark)
+

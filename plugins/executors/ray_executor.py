@@ -1,0 +1,58 @@
+"""`--executor ray`: every trial a Ray task with its resources (num_cpus, num_gpus).
+
+`address=auto` (or host:port) joins a running cluster; without an address a local cluster sized for
+--workers trials is started, and shut down at the end. A task whose worker process dies (node lost,
+OOM kill) is retried by Ray (`max_retries`); the retry claims the trial and resumes its checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray
+
+from lspt_cli.sweep.executors import payload, run_trial
+
+from .options import number
+
+
+class RayExecutor:
+    def __init__(self, options: dict[str, str], *, workers: int, sweep_dir: Path, host) -> None:
+        self.num_cpus = number(options, "num_cpus", 1.0, float, 0.001)
+        self.num_gpus = number(options, "num_gpus", 0.0, float, 0)
+        self.retries = number(options, "max_retries", 2, int, 0)
+        self.started = False
+        if not ray.is_initialized():
+            address = options.get("address")
+            if address:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            else:
+                cpus = max(1, round(max(1, workers) * self.num_cpus))
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            self.started = True
+        threads = str(max(1, int(self.num_cpus)))
+        self.env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "LSPT_NO_PROGRESS": "1"}
+        if self.num_gpus == 0:
+            self.env["CUDA_VISIBLE_DEVICES"] = ""  # Ray sets it for GPU tasks; a CPU trial sees none
+        self.task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.retries,
+                               retry_exceptions=False)(run_trial)
+
+    def run(self, trials):
+        refs = {self.task.remote(payload(t, self.env)): t for t in trials}
+        try:
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1)
+                for ref in done:
+                    trial = refs.pop(ref)
+                    try:
+                        result = tuple(ray.get(ref))
+                    except ray.exceptions.RayError as exc:  # retries exhausted: the trial failed
+                        result = ("failed", None, f"Ray task failed: {type(exc).__name__}: {str(exc)[-2000:]}")
+                    yield (trial, *result)
+        finally:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self.started:
+            ray.shutdown()
