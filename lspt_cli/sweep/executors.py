@@ -21,6 +21,8 @@ from ..rundir import RUN_FILES
 from .grid import STDERR_TAIL, Trial, run_state
 from .state import claim, read_summary
 
+ORPHAN_WAIT_S = 7 * 24 * 3600.0  # a trial never runs twice at once, however long the first one takes
+
 def run_in_process(trial: Trial, host) -> tuple[str, dict | None, str | None]:
     """(outcome, summary, error) of one trial run in this process (Ctrl-C propagates)."""
     state = "new"
@@ -77,6 +79,11 @@ def run_trial(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
         state = run_state(run_dir)
         if state == "finished" and read_summary(run_dir) is not None:
             return "skipped", read_summary(run_dir), None
+        if state != "finished":
+            wait_until_free(run_dir)  # a killed worker's orphaned `lspt tune` may still be writing it
+            state = run_state(run_dir)
+            if state == "finished" and read_summary(run_dir) is not None:
+                return "skipped", read_summary(run_dir), None
         env = dict(os.environ)
         env.update(job.get("env") or {})
         env.setdefault("LSPT_NO_PROGRESS", "1")
@@ -88,6 +95,17 @@ def run_trial(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
         tail = (proc.stderr or proc.stdout or "").strip()[-STDERR_TAIL:]
         return "failed", None, f"exit code {proc.returncode}: {tail}"
     return ("resumed" if state == "partial" else "ran"), summary, None
+
+
+def wait_until_free(run_dir: Path) -> None:
+    """Wait while another process (an orphan of a killed driver or worker, whose claim died with it)
+    still holds the run dir's own lock, then let go: the `lspt tune` we start takes it next."""
+    if not run_dir.is_dir():
+        return
+    from ..locks import hold
+
+    with hold(run_dir, "run directory", wait=ORPHAN_WAIT_S):
+        pass
 
 
 def run_subprocess(trial: Trial, env: dict[str, str]) -> tuple[str, dict | None, str | None]:
