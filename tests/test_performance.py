@@ -152,14 +152,20 @@ def test_compiled_forward_and_gradients_equal_eager(tiny_backbone):
 
 
 @pytest.mark.slow
-def test_tune_compile_ends_with_the_plain_runs_bundle(tmp_path):
+def test_tune_compile_ends_with_the_plain_runs_bundle(cli, tmp_path):
     if not _compiles():
         pytest.skip("torch.compile does not work on this machine (the fallback is tested below)")
     mini_digits()
-    plain = Trainer(make_config("vpt-deep", epochs=1), tmp_path / "plain").run()
-    lines = []
-    compiled = Trainer(make_config("vpt-deep", epochs=1, compile=True), tmp_path / "compiled", log=lines.append).run()
+    args = ["tune", "--backbone", "vit-tiny", "--task", "mini", "--strategy", "vpt-deep", "--set", "num_prompts=2",
+            "--protocol", "lspt", "--epochs", "1", "--batch-size", "8", "--lr", "0.5", "--seed", "0", "--amp", "off",
+            "--device", "cpu", "--threads", "1", "--json", "-q"]
+    result = cli(*args, "--out", str(tmp_path / "plain"))
+    assert result.exit_code == 0, result.output
+    plain = json.loads(result.stdout)
+    result = cli(*args, "--compile", "--out", str(tmp_path / "compiled"))
     torch._dynamo.reset()
+    assert result.exit_code == 0, result.output
+    compiled = json.loads(result.stdout)
     assert compiled["compiled"] is True and compiled["compile_seconds"] > 0
     assert "compile_seconds" not in plain
     # compile time is reported apart: the epoch's seconds do not contain it (6 tiny steps < compiling)
