@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lspt_cli import ExecutorSpec, hookimpl
+
 # The issue's done-when sweep, with one thread per trial (bit-identical CPU results, 2 shared cores).
 SWEEP = ["sweep", "--backbone", "vit-tiny", "--strategy", "vpt-shallow", "--task", "digits", "--grid", "lr=0.01,0.05",
          "--seeds", "42", "--epochs", "2", "--threads", "1"]
@@ -164,3 +166,50 @@ def test_list_executors_names_the_builtins_their_options_and_extras(cli):
     assert {"address", "num_cpus", "num_gpus"} <= set(rows["ray"]["options"])
     assert rows["ray"]["extra"] == "ray" and rows["slurm"]["extra"] == "slurm"
     assert all(row["plugin"] for row in rows.values())
+
+
+# -- a third-party executor ------------------------------------------------------------------------
+class ReversePlugin:
+    """An executor plugin that runs trials through the public payload/run_trial contract, last first
+    (results in any order must not change the sweep) and records what it was given."""
+
+    def __init__(self):
+        self.options, self.seen = None, []
+
+    @hookimpl
+    def lspt_register_executors(self, register):
+        register(ExecutorSpec(name="reverse", description="runs trials last first", factory=self.open,
+                              options={"tag": "a label it records"}))
+
+    def open(self, options, *, workers, sweep_dir, host):
+        self.options = (options, workers, sweep_dir)
+        return self
+
+    def run(self, trials):
+        from lspt_cli.sweep import payload, run_trial
+
+        for trial in reversed(trials):
+            self.seen.append(trial.name)
+            yield (trial, *run_trial(payload(trial)))
+
+    def close(self):
+        self.seen.append("closed")
+
+
+@pytest.mark.slow
+def test_a_plugin_executor_runs_the_sweep_through_the_hook(cli, tmp_path):
+    from lspt_cli.testing import register_plugin
+
+    plugin = ReversePlugin()
+    out = tmp_path / "sweep"
+    with register_plugin(plugin, "reverse-executor"):
+        result = cli(*SWEEP[:-4], "--epochs", "1", "--threads", "1", "--no-finals", "--executor", "reverse",
+                     "--executor-opt", "tag=x", "--out", str(out), "--json", "-q")
+    assert result.exit_code == 0, result.output
+    assert plugin.options == ({"tag": "x"}, 1, out.resolve())
+    assert plugin.seen == ["lr0.05-seed42", "lr0.01-seed42", "closed"]
+    doc = json.loads(result.output)
+    assert [r["name"] for r in doc["trials"]] == ["lr0.01-seed42", "lr0.05-seed42"]  # the grid's order, not the run's
+    assert all(r["status"] == "finished" and r["outcome"] == "ran" for r in doc["trials"])
+    best = max(doc["trials"], key=lambda r: (r["select_val"], -r["point"]["lr"]))
+    assert doc["selections"]["digits"]["trial"] == best["name"]
