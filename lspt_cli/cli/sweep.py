@@ -1,8 +1,8 @@
 """`lspt sweep`: grid search on val, selection, final runs with every seed (the VPT protocol).
 
 See lspt_cli/sweep/ for the protocol. Trials are ordinary `lspt tune` run directories under the
-sweep directory; re-running the same command resumes a sweep; `--plan` prints one `lspt tune`
-command per trial instead (SLURM arrays, GNU parallel).
+sweep directory; re-running the same command resumes a sweep; `--executor` picks where they run
+(local, slurm, ray, a plugin's); `--plan` prints one `lspt tune` command per trial instead.
 """
 
 from __future__ import annotations

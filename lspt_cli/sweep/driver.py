@@ -12,9 +12,10 @@ from ..errors import UsageError
 from ..selection import Rule
 from .grid import (Trial, SweepSpec, build_final_trials, build_grid_trials, grid_points, select_trial,
                    task_grid, task_rule)
-from .render import SWEEP_CSV, SWEEP_JSON, SWEEP_MD, render_csv, render_markdown
 from .executors import open_executor
+from .render import SWEEP_CSV, SWEEP_JSON, SWEEP_MD, render_csv, render_markdown
 from .state import config_mismatch, fill_metrics, read_summary, record_for
+
 
 class Sweep:
     """Runs a SweepSpec: grid trials, selection, final runs; keeps sweep.json up to date."""
