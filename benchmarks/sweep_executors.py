@@ -5,7 +5,8 @@
 Each run is a real `lspt sweep` driver (a subprocess, as a user runs it) of N grid trials (vit-tiny on
 digits, `--epochs E --threads 1 --no-finals`), in a fresh sweep dir, per executor and worker count:
 `local`, `ray` (a local cluster started by the driver, its start-up included) and `slurm` with
-`cluster=local` (submitit's local executor). Reported per run: the driver's wall time, the trials' own
+`cluster=local` (submitit's local executor). `startup` separates two fixed costs: a trial process's
+start (importing torch) and a local Ray cluster's start/stop. Reported per run: the driver's wall time, the trials' own
 training seconds (summary.json), and
 
 - overhead_per_trial_s: (wall - wall of `local` with the same workers) / N: what the engine adds;
@@ -52,6 +53,21 @@ def one_sweep(executor: str, workers: int, trials: int, epochs: int, root: Path)
             "selection": doc["selections"]["digits"]["point"]}
 
 
+def startup_costs() -> dict:
+    """What the overhead is made of: a trial's own `lspt tune` process start (torch import; paid by every
+    executor except local with one worker, which trains in-process) and a local Ray cluster's start/stop."""
+    costs = {}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import lspt_cli.engine.train"], check=True)
+    costs["tune_process_start_s"] = round(time.perf_counter() - start, 2)
+    code = ("import time, ray; t = time.perf_counter(); ray.init(num_cpus=1, include_dashboard=False, "
+            "log_to_driver=False); ray.get(ray.remote(lambda: 1).remote()); ray.shutdown(); "
+            "print(time.perf_counter() - t)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    costs["ray_local_cluster_start_stop_s"] = round(float(proc.stdout.strip().splitlines()[-1]), 2) if proc.returncode == 0 else None
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
@@ -69,6 +85,7 @@ def main() -> None:
         os.environ["LSPT_HOME"] = str(env_home)  # digits prepared once, shared by every run
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         subprocess.run([sys.executable, "-m", "lspt_cli", "prepare-data", "digits"], capture_output=True)
+        costs = startup_costs()
         for k in workers:
             for name in executors:
                 rows.append(one_sweep(name, k, args.trials, args.epochs, Path(tmp)))
@@ -83,7 +100,7 @@ def main() -> None:
             r["scaling"] = round(r["wall_s"] / (one / r["workers"]), 2)
     doc = {"trials": args.trials, "epochs": args.epochs, "cpu_count": os.cpu_count(),
            "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-           "runs": rows}
+           "startup": costs, "runs": rows}
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc, indent=2))
 
