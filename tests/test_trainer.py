@@ -380,6 +380,19 @@ def test_strategy_class_defaults_equal_the_registered_defaults(tiny_backbone, na
     assert sum(p.numel() for p in direct.parameters()) == spec.count_params(tiny_backbone.dims)
 
 
+def test_vpt_prompt_init_range_and_option_types(tiny_backbone):
+    """VPT's init U(-v, v), v = sqrt(6 / (3 * 8 * 8 + 64)); a non-number option is a ConfigError."""
+    from lspt_cli.errors import ConfigError
+    from lspt_plugins.strategies.vpt import VPTDeep
+
+    v = math.sqrt(6.0 / (3 * 8 * 8 + 64))
+    prompts = VPTDeep(tiny_backbone.dims, num_prompts=50).prompts
+    assert prompts.abs().max() <= v and prompts.min() < -0.9 * v and prompts.max() > 0.9 * v
+    for bad in ("x", None, True):
+        with pytest.raises(ConfigError, match="dropout must be a number"):
+            VPTDeep(tiny_backbone.dims, dropout=bad)
+
+
 @pytest.mark.parametrize("name", ["gapt", "lspt"])
 def test_gated_strategies_refuse_a_backbone_without_blocks(tiny_backbone, name):
     import dataclasses
