@@ -213,3 +213,29 @@ def test_a_plugin_executor_runs_the_sweep_through_the_hook(cli, tmp_path):
     assert all(r["status"] == "finished" and r["outcome"] == "ran" for r in doc["trials"])
     best = max(doc["trials"], key=lambda r: (r["select_val"], -r["point"]["lr"]))
     assert doc["selections"]["digits"]["trial"] == best["name"]
+
+
+@pytest.mark.slow
+def test_a_preempted_slurm_job_is_requeued_and_resumes_its_checkpoint(tmp_path):
+    """submitit's local executor, the job signalled as SLURM signals a preemption/timeout: its `lspt tune`
+    checkpoints and stops, the job is requeued, and the trial resumes (each epoch logged once)."""
+    submitit = pytest.importorskip("submitit")
+    from lspt_plugins.executors.slurm import TrialJob
+
+    run_dir = tmp_path / "digits" / "lr0.01-seed42"
+    argv = ["--backbone", "vit-tiny", "--task", "digits", "--strategy", "vpt-shallow", "--epochs", "5", "--lr", "0.01",
+            "--seed", "42", "--threads", "1", "--out", str(run_dir)]
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
+    executor.update_parameters(timeout_min=10)
+    job = executor.submit(TrialJob(), {"argv": argv, "run_dir": str(run_dir), "env": {}})
+    deadline = time.monotonic() + 180
+    while not (run_dir / "checkpoint.pt").exists():  # epoch 1 done: something to resume
+        assert not job.done() and time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.2)
+    tune_pid = int((run_dir / ".lspt.lock").read_text().strip())  # the trial's `lspt tune` holds its run dir
+    task_pid = int(Path(f"/proc/{tune_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent: the job
+    os.kill(task_pid, signal.SIGUSR2)  # what SLURM sends a job before preempting it or at its time limit
+    outcome, summary, error = job.result()
+    assert error is None and outcome == "resumed"
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5] and summary["epochs"] == 5

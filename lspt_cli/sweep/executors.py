@@ -8,6 +8,7 @@ under the trial's claim (state.py), so what runs, and where its files go, never 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from .grid import STDERR_TAIL, Trial, run_state
 from .state import claim, read_summary
 
 ORPHAN_WAIT_S = 7 * 24 * 3600.0  # a trial never runs twice at once, however long the first one takes
+_RUNNING: subprocess.Popen | None = None  # the trial run_trial is running in this process
 
 def run_in_process(trial: Trial, host) -> tuple[str, dict | None, str | None]:
     """(outcome, summary, error) of one trial run in this process (Ctrl-C propagates)."""
@@ -87,7 +89,14 @@ def run_trial(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
         env = dict(os.environ)
         env.update(job.get("env") or {})
         env.setdefault("LSPT_NO_PROGRESS", "1")
-        proc = subprocess.run(tune_argv(job["argv"], str(run_dir)), env=env, capture_output=True, text=True)
+        global _RUNNING
+        _RUNNING = subprocess.Popen(tune_argv(job["argv"], str(run_dir)), env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = _RUNNING.communicate()
+        finally:
+            proc, _RUNNING = _RUNNING, None
+        proc.stdout, proc.stderr = stdout, stderr
     if proc.returncode == 130:
         return "failed", None, "interrupted (exit code 130)"
     summary = read_summary(run_dir)
@@ -95,6 +104,19 @@ def run_trial(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
         tail = (proc.stderr or proc.stdout or "").strip()[-STDERR_TAIL:]
         return "failed", None, f"exit code {proc.returncode}: {tail}"
     return ("resumed" if state == "partial" else "ran"), summary, None
+
+
+def stop_running_trial(grace_s: float = 120.0) -> None:
+    """Ctrl-C the `lspt tune` this process runs (run_trial), and wait for it: the trainer saves its
+    checkpoint and exits, so a requeued job (SLURM preemption or timeout) resumes it exactly."""
+    proc = _RUNNING
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def wait_until_free(run_dir: Path) -> None:

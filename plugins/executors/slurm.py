@@ -16,7 +16,7 @@ from pathlib import Path
 import submitit
 
 from lspt_cli import UsageError
-from lspt_cli.sweep.executors import payload, run_trial
+from lspt_cli.sweep.executors import payload, run_trial, stop_running_trial
 
 from .options import number
 
@@ -29,6 +29,10 @@ class TrialJob(submitit.helpers.Checkpointable):
 
     def __call__(self, job: dict) -> tuple:
         return run_trial(job)
+
+    def checkpoint(self, job: dict):
+        stop_running_trial()  # the trainer checkpoints its epoch and exits; the requeued job resumes it
+        return super().checkpoint(job)
 
 
 class SlurmExecutor:
