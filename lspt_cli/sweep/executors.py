@@ -90,18 +90,19 @@ def run_trial(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
         env.update(job.get("env") or {})
         env.setdefault("LSPT_NO_PROGRESS", "1")
         global _RUNNING
-        _RUNNING = subprocess.Popen(tune_argv(job["argv"], str(run_dir)), env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(tune_argv(job["argv"], str(run_dir)), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        _RUNNING = proc  # for stop_running_trial (one trial per job process; local threads never use it)
         try:
-            stdout, stderr = _RUNNING.communicate()
+            stdout, stderr = proc.communicate()
         finally:
-            proc, _RUNNING = _RUNNING, None
-        proc.stdout, proc.stderr = stdout, stderr
+            if _RUNNING is proc:
+                _RUNNING = None
     if proc.returncode == 130:
         return "failed", None, "interrupted (exit code 130)"
     summary = read_summary(run_dir)
     if proc.returncode != 0 or summary is None:
-        tail = (proc.stderr or proc.stdout or "").strip()[-STDERR_TAIL:]
+        tail = (stderr or stdout or "").strip()[-STDERR_TAIL:]
         return "failed", None, f"exit code {proc.returncode}: {tail}"
     return ("resumed" if state == "partial" else "ran"), summary, None
 
