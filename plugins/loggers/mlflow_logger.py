@@ -38,7 +38,7 @@ def local_root() -> Path:
 
 
 def sweep_dir(run_dir: Path) -> Path | None:
-    """The sweep a run belongs to: SWEEP_DIR/TASK/TRIAL with SWEEP_DIR/sweep.json (lspt_cli/sweep.py)."""
+    """The sweep a run belongs to: SWEEP_DIR/TASK/TRIAL with SWEEP_DIR/sweep.json (lspt_cli/sweep/)."""
     candidate = Path(run_dir).resolve().parent.parent
     return candidate if (candidate / "sweep.json").is_file() else None
 
