@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -72,3 +73,38 @@ def cli():
         return CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
 
     return invoke
+
+
+# -- helpers shared by test modules (`from conftest import ...`) ----------------------------------
+def mini_digits(name: str = "mini", n_train: int = 48, n_val: int = 24, n_test: int = 24):
+    """A prepared task: the first images of digits' own splits (same array, fewer rows)."""
+    from lspt_cli.data.manifest import save_manifest, task_dir
+    from lspt_plugins.datasets.digits import prepare_digits
+
+    m = prepare_digits(out_dir=task_dir(name), task_id=name)
+    train, val, test = m.splits["train"][:n_train], m.splits["val"][:n_val], m.splits["test"][:n_test]
+    m.splits = {"train": train, "val": val, "test": test, "trainval": train + val}
+    save_manifest(m)
+    return m
+
+
+def interrupt_after(monkeypatch, stop_epoch: int, batches: int) -> None:
+    """Send Ctrl-C to this process after `batches` training batches of `stop_epoch` (0-based)."""
+    from lspt_cli.engine import train
+
+    original = train.Trainer.loader
+
+    def loader(self, split, train, order=None, epoch=0):
+        inner = original(self, split, train, order, epoch)
+        if not (train and epoch == stop_epoch):
+            return inner
+
+        def batches_then_interrupt():
+            for i, batch in enumerate(inner):
+                if i == batches:
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield batch
+
+        return batches_then_interrupt()
+
+    monkeypatch.setattr(train.Trainer, "loader", loader)

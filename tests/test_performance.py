@@ -20,6 +20,7 @@ import os
 import signal
 
 import pytest
+from conftest import mini_digits
 import torch
 import torch.nn.functional as F
 
@@ -34,15 +35,6 @@ STRATEGIES = ("linear", "vpt-shallow", "vpt-deep", "gapt", "lspt")
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def mini_digits(name: str = "mini", n_train: int = 48, n_val: int = 24, n_test: int = 24):
-    from lspt_cli.data.manifest import save_manifest, task_dir
-    from lspt_plugins.datasets.digits import prepare_digits
-
-    m = prepare_digits(out_dir=task_dir(name), task_id=name)
-    train, val, test = m.splits["train"][:n_train], m.splits["val"][:n_val], m.splits["test"][:n_test]
-    m.splits = {"train": train, "val": val, "test": test, "trainval": train + val}
-    save_manifest(m)
-    return m
 
 
 def make_config(strategy: str = "linear", task: str = "mini", **train):

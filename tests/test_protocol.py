@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import tomllib
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import interrupt_after
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -275,26 +275,6 @@ def record_steps(monkeypatch) -> list[float]:
     return seen
 
 
-def interrupt_after(monkeypatch, stop_epoch: int, batches: int) -> None:
-    """Ctrl-C after `batches` training batches of epoch `stop_epoch` (0-based)."""
-    from lspt_cli.engine import train
-
-    original = train.Trainer.loader
-
-    def loader(self, split, train, order=None, epoch=0):
-        inner = original(self, split, train, order, epoch)
-        if not (train and epoch == stop_epoch):
-            return inner
-
-        def batches_then_interrupt():
-            for i, batch in enumerate(inner):
-                if i == batches:
-                    os.kill(os.getpid(), signal.SIGINT)
-                yield batch
-
-        return batches_then_interrupt()
-
-    monkeypatch.setattr(train.Trainer, "loader", loader)
 
 
 @pytest.mark.slow

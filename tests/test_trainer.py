@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import mini_digits
 import torch
 import torch.nn.functional as F
 
@@ -34,16 +35,6 @@ STRATEGIES = ("linear", "vpt-shallow", "vpt-deep", "gapt", "lspt")
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def mini_digits(name: str = "mini", n_train: int = 48, n_val: int = 24, n_test: int = 24):
-    """A prepared task: the first images of digits' own splits (same array, fewer rows)."""
-    from lspt_cli.data.manifest import save_manifest, task_dir
-    from lspt_plugins.datasets.digits import prepare_digits
-
-    m = prepare_digits(out_dir=task_dir(name), task_id=name)
-    train, val, test = m.splits["train"][:n_train], m.splits["val"][:n_val], m.splits["test"][:n_test]
-    m.splits = {"train": train, "val": val, "test": test, "trainval": train + val}
-    save_manifest(m)
-    return m
 
 
 def make_config(task: str = "mini", strategy: str = "vpt-deep", *, final: bool = False, options=None, **train):

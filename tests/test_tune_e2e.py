@@ -4,8 +4,6 @@ resume after an interruption, reproducibility, NaN handling, dry-run resolution.
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -127,26 +125,6 @@ def test_same_seed_same_bundle(cli, trained, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def interrupt_after(monkeypatch, stop_epoch: int, batches: int) -> None:
-    """Send Ctrl-C to this process after `batches` training batches of `stop_epoch` (0-based)."""
-    from lspt_cli.engine import train
-
-    original = train.Trainer.loader
-
-    def loader(self, split, train, order=None, epoch=0):
-        inner = original(self, split, train, order, epoch)
-        if not (train and epoch == stop_epoch):
-            return inner
-
-        def batches_then_interrupt():
-            for i, batch in enumerate(inner):
-                if i == batches:
-                    os.kill(os.getpid(), signal.SIGINT)
-                yield batch
-
-        return batches_then_interrupt()
-
-    monkeypatch.setattr(train.Trainer, "loader", loader)
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
