@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import interrupt_after
 from lspt_cli import hookimpl
 from lspt_cli.plugins import get_host
 
