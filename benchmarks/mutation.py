@@ -52,6 +52,10 @@ TARGETS: dict[str, list[str]] = {
     "lspt_cli/engine/distributed.py": ["tests/test_trainer.py", "tests/test_distributed.py"],
     "lspt_cli/engine/checkpoint.py": ["tests/reliability/test_crash_resume.py", "tests/test_tune_e2e.py"],
     "lspt_cli/engine/restore.py": ["tests/test_bundle.py", "tests/reliability/test_bad_inputs.py", "tests/test_trainer.py"],
+    "lspt_cli/engine/accel.py": ["tests/test_performance.py"],
+    "lspt_cli/engine/feature_cache.py": ["tests/test_performance.py"],
+    "lspt_cli/engine/grad_watch.py": ["tests/test_plugin_kit.py", "tests/test_trainer.py"],
+    "lspt_cli/engine/totals.py": ["tests/test_performance.py", "tests/test_trainer.py"],
     "lspt_cli/engine/train.py": ["tests/test_trainer.py", "tests/test_protocol.py", "tests/test_tune_workflows.py",
                                  "tests/test_tune_e2e.py"],
     "plugins/strategies/__init__.py": ["tests/test_strategies.py"],
@@ -492,6 +496,7 @@ def main(argv=None) -> int:
             functions = set(funcs.split(",")) if funcs else None
             file = root / path
             original = file.read_text()
+            module_started = time.time()
             mutants = find_mutants(path, original, functions)
             if args.sample and args.sample < len(mutants):
                 import random
@@ -538,6 +543,7 @@ def main(argv=None) -> int:
             counts["score"] = round(100.0 * counts["killed"] / counts["mutants"], 1) if counts["mutants"] else None
             counts["baseline_seconds"] = round(seconds, 1)
             counts["sampled_from"] = len(find_mutants(path, original, functions)) if args.sample else None
+            counts["seconds"] = round(time.time() - module_started, 1)  # wall time: baseline and mutants
             report["modules"][key] = counts
         if not args.list:
             report["seconds"] = round(time.time() - started, 1)
