@@ -116,6 +116,54 @@ def test_killed_driver_rerun_completes_without_rerunning_and_matches_local(name,
     assert_same_bundles(out, ref_dir)
 
 
+def ray_worker_of(pid: int) -> int:
+    """The Ray worker process running `pid` (itself, or the ancestor whose title is `ray::...`)."""
+    while pid > 1:
+        if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+            return pid
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+    raise AssertionError("the trial does not run in a Ray worker")
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_mid_trial_is_retried_and_the_sweep_matches_local(tmp_path, ray_address, local_reference):
+    """A trial's Ray worker SIGKILLed after its first epoch (what an OOM kill or a lost node does): Ray
+    retries the task (`max_retries`), the retry gets the claim and run dir locks the dead processes held,
+    resumes the epoch-1 checkpoint, and the sweep equals an undisturbed local one, bundles bit for bit."""
+    out = tmp_path / "sweep"
+    first = driver(out, ["--executor", "ray", "--executor-opt", f"address={ray_address}",
+                         "--executor-opt", "max_retries=1"])
+    checkpoints = [out / "digits" / t / "checkpoint.pt" for t in TRIALS[1:]]  # the grid trials run at once
+    deadline = time.monotonic() + 240
+    while not any(c.exists() for c in checkpoints):
+        assert first.poll() is None, first.stderr.read()
+        assert time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.02)
+    run_dir = next(c.parent for c in checkpoints if c.exists())
+    trial_pid = int((run_dir / ".lspt.lock").read_text().strip())  # the process training it holds its run dir
+    os.kill(trial_pid, signal.SIGSTOP)  # frozen mid-trial: epoch 2 is not finished
+    assert not (run_dir / "summary.json").exists()
+    worker = ray_worker_of(trial_pid)
+    os.kill(worker, signal.SIGKILL)
+    if trial_pid != worker:
+        os.kill(trial_pid, signal.SIGKILL)  # it dies with its worker (Ray does the same to a dead worker's children)
+    stdout, stderr = first.communicate(timeout=400)
+    assert first.returncode == 0, stderr
+    doc = json.loads(stdout)
+    records = {r["name"]: r for r in doc["trials"]}
+    assert sorted(records) == TRIALS and all(r["status"] == "finished" for r in records.values())
+    assert doc["counts"]["failed"] == 0
+    assert records[run_dir.name]["outcome"] == "resumed"  # the retry continued from the epoch-1 checkpoint
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]  # each epoch logged once
+
+    ref_dir, ref = local_reference
+    assert doc["selections"]["digits"]["point"] == ref["selections"]["digits"]["point"]
+    assert doc["selections"]["digits"]["val_top1"] == ref["selections"]["digits"]["val_top1"]
+    assert {t: records[t]["test_top1"] for t in TRIALS} == {r["name"]: r["test_top1"] for r in ref["trials"]}
+    assert_same_bundles(out, ref_dir)
+
+
 def test_a_trial_is_claimed_a_second_claim_waits(tmp_path):
     """Two drivers on one trial: the second claim blocks until the first is released (another process)."""
     from lspt_cli.sweep import claim

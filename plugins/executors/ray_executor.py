@@ -30,6 +30,7 @@ class RayExecutor:
                 cpus = max(1, round(max(1, workers) * self.num_cpus))
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
             self.started = True
+        errors_to_stderr()
         threads = str(max(1, int(self.num_cpus)))
         self.env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "LSPT_NO_PROGRESS": "1"}
         if self.num_gpus == 0:
@@ -56,3 +57,22 @@ class RayExecutor:
     def close(self) -> None:
         if self.started:
             ray.shutdown()
+
+
+def errors_to_stderr() -> None:
+    """Send the driver's Ray error lines (a worker died, a task is retried) to stderr, for good.
+
+    Ray prints them on stdout (ray/_private/worker.py, listen_error_messages -> print_to_stdstream,
+    from a thread that outlives the sweep when it joined a cluster), where they would break
+    `lspt sweep --json`'s document. A Ray without that hook is left as it is."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "lspt_to_stderr", False):
+        return
+
+    def to_stderr(data, ignore_prefix):
+        return original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.lspt_to_stderr = True
+    worker.print_to_stdstream = to_stderr
