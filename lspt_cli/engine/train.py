@@ -125,14 +125,39 @@ def make_optimizer(model, cfg) -> torch.optim.Optimizer:
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The training order of `epoch`: randperm(n) from a generator seeded seed * 100_003 + epoch. The
+    formula is fixed (tests/test_train_protocol_details.py): a seed's runs, and a checkpoint written by
+    an older lspt, keep their data order. The global generator of the epoch (dropout) is seeded
+    seed * 100_003 + epoch + 1 (Trainer._train_epoch), a stream apart from the order's."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
 
 
+def rank_device(device: torch.device, dist: DistContext) -> torch.device:
+    """Under torchrun a CUDA run trains on its rank's own GPU (LOCAL_RANK); a CPU run stays on the CPU."""
+    if dist.enabled and device.type == "cuda":
+        return torch.device("cuda", dist.local_rank)
+    return device
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """What a mid-epoch checkpoint keeps of the global generators: the CPU's, and the GPU's on CUDA."""
+    state = {"rng_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    """The inverse of rng_state (a CUDA state is ignored on another device: a resume on the CPU)."""
+    torch.set_rng_state(state["rng_cpu"])
+    if "rng_cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng_cuda"], device)
+
+
 def _seed_everything(seed: int) -> None:
+    """The global generators: torch.manual_seed seeds the CPU's and every GPU's (torch/random.py)."""
     torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 class _OrderSampler(torch.utils.data.Sampler):
@@ -212,9 +237,7 @@ class Trainer:
         from ..prompted import PromptedViT, build_strategy, load_backbone
 
         cfg = self.cfg
-        self.device = resolve_device(cfg.device)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+        self.device = rank_device(resolve_device(cfg.device), self.dist)
         self.amp = use_bf16(cfg.amp, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -343,9 +366,7 @@ class Trainer:
             "meta": json.dumps(self.state_meta),
         }
         if position:
-            state["rng_cpu"] = torch.get_rng_state()
-            if self.device.type == "cuda":
-                state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+            state.update(rng_state(self.device))
         return state
 
     def _write_checkpoint(self, state: dict) -> None:
@@ -382,9 +403,7 @@ class Trainer:
             restore_into(state, self.run_dir / CHECKPOINT_NAME, self.model, self.optimizer)
             start_epoch, position, best, running = state["epoch"], state["position"], state["best"], state["running"]
             if position:
-                torch.set_rng_state(state["rng_cpu"])
-                if "rng_cuda" in state and self.device.type == "cuda":
-                    torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+                restore_rng(state, self.device)
             self._trim_metrics(start_epoch)
             self.log(f"Resuming {self.run_dir} at epoch {start_epoch + 1}" + (f", batch {position + 1}" if position else ""))
         elif self.dist.is_main:
