@@ -1,8 +1,9 @@
 """Executors: where trials run. `local` (in-process, or worker slots of subprocesses) is here; the
 engines (`slurm`, `ray`) are plugins (plugins/executors/) registered with `lspt_register_executors`.
 
-Every executor runs a trial as `python -m lspt_cli tune ...` (or in-process for one local worker)
-under the trial's claim (state.py), so what runs, and where its files go, never depends on the engine.
+Every executor runs a trial as `python -m lspt_cli tune ...` (in a new process, or in the engine's
+worker process: run_trial_here; the local executor's one worker builds the Trainer itself) under the
+trial's claim (state.py), so what runs, and where its files go, never depends on the engine.
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ def run_trial(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
     Claims the trial first (waiting while another driver or a retried job still runs it), then runs
     what its directory says is left: nothing when finished, `--resume` from a checkpoint, else the
     whole command. Returns (outcome, summary, error); a crash of the trial is a result, not an exception."""
+    return _claimed_run(job, _tune_subprocess)
+
+
+def run_trial_here(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
+    """run_trial, with its `lspt tune` in this process instead of a new one: for an engine's long-lived
+    worker (Ray reuses one per CPU slot), which then imports torch once, not once per trial (~4 s).
+    The payload's env is applied to this process: run only trials in it."""
+    return _claimed_run(job, _tune_here)
+
+
+def _claimed_run(job: dict[str, Any], launch) -> tuple[str, dict | None, str | None]:
     run_dir = Path(job["run_dir"])
     with claim(run_dir):
         state = run_state(run_dir)
@@ -86,25 +98,54 @@ def run_trial(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
             state = run_state(run_dir)
             if state == "finished" and read_summary(run_dir) is not None:
                 return "skipped", read_summary(run_dir), None
-        env = dict(os.environ)
-        env.update(job.get("env") or {})
-        env.setdefault("LSPT_NO_PROGRESS", "1")
-        global _RUNNING
-        proc = subprocess.Popen(tune_argv(job["argv"], str(run_dir)), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        _RUNNING = proc  # for stop_running_trial (one trial per job process; local threads never use it)
-        try:
-            stdout, stderr = proc.communicate()
-        finally:
-            if _RUNNING is proc:
-                _RUNNING = None
-    if proc.returncode == 130:
+        code, output = launch(tune_argv(job["argv"], str(run_dir)), dict(job.get("env") or {}))
+    if code == 130:
         return "failed", None, "interrupted (exit code 130)"
     summary = read_summary(run_dir)
-    if proc.returncode != 0 or summary is None:
-        tail = (stderr or stdout or "").strip()[-STDERR_TAIL:]
-        return "failed", None, f"exit code {proc.returncode}: {tail}"
+    if code != 0 or summary is None:
+        return "failed", None, f"exit code {code}: {output.strip()[-STDERR_TAIL:]}"
     return ("resumed" if state == "partial" else "ran"), summary, None
+
+
+def _tune_subprocess(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """(exit code, stderr or stdout) of `lspt tune` in a new process."""
+    global _RUNNING
+    env = {**os.environ, **env}
+    env.setdefault("LSPT_NO_PROGRESS", "1")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _RUNNING = proc  # for stop_running_trial (one trial per job process; local threads never use it)
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        if _RUNNING is proc:
+            _RUNNING = None
+    return proc.returncode, stderr or stdout or ""
+
+
+def _tune_here(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """(exit code, stderr or stdout) of `python -m lspt_cli tune ...` (argv) run in this process: the
+    same entry point and error boundary as the subprocess, its output captured."""
+    import contextlib
+    import io
+    import runpy
+
+    import torch
+
+    os.environ.update(env)  # before the trial touches CUDA: CUDA_VISIBLE_DEVICES="" keeps a CPU trial off GPUs
+    os.environ.setdefault("LSPT_NO_PROGRESS", "1")
+    if env.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # OMP_NUM_THREADS counts only at torch's import
+    out, err, saved_argv = io.StringIO(), io.StringIO(), sys.argv
+    sys.argv = ["lspt", *argv[3:]]  # argv: [python, -m, lspt_cli, tune, ...]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_module(argv[2], run_name="__main__")
+        code = 0
+    except SystemExit as exc:  # the CLI always exits; --json's summary is read from summary.json
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+    return code, err.getvalue() or out.getvalue()
 
 
 def stop_running_trial(grace_s: float = 120.0) -> None:

@@ -1,8 +1,9 @@
 """`--executor ray`: every trial a Ray task with its resources (num_cpus, num_gpus).
 
 `address=auto` (or host:port) joins a running cluster; without an address a local cluster sized for
---workers trials is started, and shut down at the end. A task whose worker process dies (node lost,
-OOM kill) is retried by Ray (`max_retries`); the retry claims the trial and resumes its checkpoint.
+--workers trials is started, and shut down at the end. A trial's `lspt tune` runs inside its Ray
+worker (run_trial_here), which Ray reuses. A task whose worker process dies (node lost, OOM kill) is
+retried by Ray (`max_retries`); the retry claims the trial and resumes its checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import ray
 
-from lspt_cli.sweep.executors import payload, run_trial
+from lspt_cli.sweep.executors import payload, run_trial_here
 
 from .options import number
 
@@ -35,8 +36,10 @@ class RayExecutor:
         self.env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "LSPT_NO_PROGRESS": "1"}
         if self.num_gpus == 0:
             self.env["CUDA_VISIBLE_DEVICES"] = ""  # Ray sets it for GPU tasks; a CPU trial sees none
+        # the trial runs in the Ray worker, which Ray keeps for the next CPU trial: torch is imported once
+        # per worker, not per trial; a GPU task gets a fresh worker (Ray's max_calls=1 for GPU tasks)
         self.task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.retries,
-                               retry_exceptions=False)(run_trial)
+                               retry_exceptions=False)(run_trial_here)
 
     def run(self, trials):
         refs = {self.task.remote(payload(t, self.env)): t for t in trials}
