@@ -56,8 +56,13 @@ TARGETS: dict[str, list[str]] = {
     "lspt_cli/engine/feature_cache.py": ["tests/test_engine_mutants.py", "tests/test_performance.py"],
     "lspt_cli/engine/grad_watch.py": ["tests/test_engine_mutants.py", "tests/test_plugin_kit.py", "tests/test_trainer.py"],
     "lspt_cli/engine/totals.py": ["tests/test_engine_mutants.py", "tests/test_performance.py", "tests/test_trainer.py"],
-    "lspt_cli/engine/train.py": ["tests/test_trainer.py", "tests/test_protocol.py", "tests/test_tune_workflows.py",
-                                 "tests/test_tune_e2e.py"],
+    # train.py: the in-process tests (each run < 1 s); the CLI suites (test_tune_e2e, test_tune_workflows,
+    # test_protocol's CLI runs) drive the same loop in minutes, too slow per mutant (`--bugs` still uses them)
+    "lspt_cli/engine/train.py": ["tests/test_train_protocol_details.py", "tests/test_trainer.py"] + [
+        f"tests/test_protocol.py::{t}" for t in (
+            "test_per_epoch_factor_is_the_official_lambdalr", "test_rank_batch_splits_like_vpt",
+            "test_trainer_splits_the_batch_over_ranks", "test_paper_is_fp32_on_every_device",
+            "test_trainer_builds_the_protocols_head")],
     "plugins/strategies/__init__.py": ["tests/test_strategies.py"],
     "plugins/strategies/linear.py": ["tests/test_strategies.py"],
     "plugins/strategies/vpt.py": ["tests/test_strategies.py", "tests/test_trainer.py", "tests/test_explain.py"],
