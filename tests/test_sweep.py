@@ -50,6 +50,21 @@ def test_selection_best_val_then_smaller_lr_then_smaller_wd():
     assert select_best(records)["point"]["num_prompts"] == 5
 
 
+def test_selection_ties_put_numbers_before_strings_and_skip_non_numbers():
+    """Under one grid key a number sorts before a string (`--grid num_prompts=5,x`), numbers by value
+    (10 after 5, not as text), strings by text; a bool or NaN val never wins."""
+    tie = [rec(0.1, 0.0, 50.0, num_prompts="x"), rec(0.1, 0.0, 50.0, num_prompts=10)]
+    assert select_best(tie)["point"]["num_prompts"] == 10
+    tie = [rec(0.1, 0.0, 50.0, num_prompts=10), rec(0.1, 0.0, 50.0, num_prompts=5)]
+    assert select_best(tie)["point"]["num_prompts"] == 5
+    tie = [rec(0.1, 0.0, 50.0, style="b"), rec(0.1, 0.0, 50.0, style="a")]
+    assert select_best(tie)["point"]["style"] == "a"
+    tie = [rec(0.1, 0.0, 50.0, flag=True), rec(0.1, 0.0, 50.0, flag=2)]  # a bool is not a number here
+    assert select_best(tie)["point"]["flag"] == 2
+    assert select_best([rec(0.1, 0.0, True), rec(0.2, 0.0, 0.5)])["point"]["lr"] == 0.2
+    assert select_best([rec(0.1, 0.0, float("nan")), rec(0.2, 0.0, 0.5)])["point"]["lr"] == 0.2
+
+
 def test_worker_envs_round_robin_gpus_and_cpu_threads(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     envs = worker_envs(3)
