@@ -70,7 +70,8 @@ TARGETS: dict[str, list[str]] = {
     "plugins/strategies/lspt.py": ["tests/test_strategies.py", "tests/test_trainer.py", "tests/test_explain.py"],
     "lspt_cli/bundle.py": ["tests/test_bundle_mutants.py", "tests/test_bundle.py", "tests/reliability/test_fuzz.py", "tests/reliability/test_bad_inputs.py"],
     "lspt_cli/sweep/grid.py::_tie_value,selection_key,select_best,ordered_point": ["tests/test_sweep.py"],
-    "lspt_cli/data/transforms.py": ["tests/test_trainer.py", "tests/test_data_images.py", "tests/test_datasets.py"],
+    "lspt_cli/data/transforms.py": ["tests/test_transforms_mutants.py", "tests/test_protocol_data.py", "tests/test_trainer.py",
+                                    "tests/test_data_images.py", "tests/test_datasets.py"],
 }
 # Not in the default run (time), but available with --module.
 EXTRA_TARGETS: dict[str, list[str]] = {
