@@ -463,3 +463,15 @@ def test_config_round_trip(tiny_backbone, name):
     rebuilt = build_strategy(name, tiny_backbone.dims, strategy.config())
     assert rebuilt.config() == strategy.config()
     rebuilt.load_state_dict(strategy.state_dict(), strict=True)
+
+
+def test_check_float_bounds_are_closed_unless_asked_open():
+    """[low, high] by default; VPT's dropout asks for [0, 1): p = 1 would drop every prompt."""
+    from lspt_plugins.strategies.vpt import check_float
+
+    assert check_float("s", "k", 1, 0.0, 1.0) == 1.0 and check_float("s", "k", 0.0, 0.0, 1.0) == 0.0
+    with pytest.raises(ConfigError, match=r"k must be a number in \[0.0, 1.0\), got 1.0"):
+        check_float("s", "k", 1.0, 0.0, 1.0, high_open=True)
+    for bad in (1.5, -0.1, True, "0.5"):
+        with pytest.raises(ConfigError, match=r"in \[0.0, 1.0\], got"):
+            check_float("s", "k", bad, 0.0, 1.0)
