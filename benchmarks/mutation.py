@@ -77,6 +77,34 @@ TARGETS: dict[str, list[str]] = {
 EXTRA_TARGETS: dict[str, list[str]] = {
     "lspt_cli/explain.py::rollout,compute_maps,TokenRecorder": ["tests/test_explain.py"],
 }
+# Equivalent mutants, checked by hand: (a snippet of the mutated line, old, new, why no result can
+# change). They are not run (--run-equivalent runs them), are reported with their reason and count as
+# not killed: the score stays killed / mutants; `score_without_equivalent` leaves them out.
+EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
+    "lspt_cli/engine/train.py": [
+        ("if warmup_steps > 0 and", "warmup_steps > 0", "warmup_steps >= 0",
+         "with 0 warm-up steps the other half, step < 0, is false anyway"),
+        ("float(max(1.0, warmup_epochs))", "1.0", "2.0",
+         "reached only for epoch < warmup_epochs (integers): with warm-up 1, epoch 0 gives 0 / anything = 0"),
+        ('or world_size <= 1:', "world_size <= 1", "world_size < 1",
+         "world_size >= 1; with 1 rank `split` gives batch_size // 1 = batch_size"),
+        ('or world_size <= 1:', "1", "0", "world_size >= 1; with 1 rank `split` gives batch_size // 1 = batch_size"),
+        ('b"x" * 4096', "4096", "4097", "the probe's size (one block or so) has no result"),
+        ('data_cfg["input_size"][-1]', "-1", "(1)", "every backbone's input is square (the transforms crop S x S)"),
+        ("max(1, math.ceil(self.order_length", "1", "0",
+         "ceil(n / b) >= 1 for a shard of n >= 1 images; an empty shard (fewer images than ranks) trains no step either way"),
+        ('best, running = 0, 0, {"top1": -1.0', "1.0", "2.0", "any negative start: a val top-1 is >= 0"),
+        ("stale.unlink(missing_ok=True)", "True", "False", "the file was just listed by glob; only a concurrent delete differs"),
+        ("                self.optimizer.zero_grad(set_to_none=True)", "True", "False",
+         "zeroed instead of freed gradients: backward fills every used one, the optimizers skip the same unused ones"),
+        ("max(elapsed, 1e-9)", "1e-9", "2e-09", "a guard against 0 s; no step takes under 2 ns"),
+        ("max(seconds, 1e-9)", "1e-9", "2e-09", "a guard against 0 s; no epoch takes under 2 ns"),
+        ("max(totals[2], 1)", "1", "0", "every epoch sees at least one image (an empty shard trains no step either way)"),
+        ('self.optimizer.param_groups[0]["lr"]', "0", "1",
+         "every group has the same lr (one base lr times the factor) and there are always 2 (the head's bias is 1-D)"),
+        ('r.get("seconds", 0.0)', "0.0", "1.0", "every metrics record the trainer writes has `seconds`"),
+    ],
+}
 # Too slow to run for every mutant (the 25-epoch quickstart); the fast tests pin the same behaviour.
 DESELECT = ["tests/test_tune_e2e.py::test_quickstart_learns_digits_far_above_chance"]
 # The bugs of issue 16, re-introduced by hand (`--bugs`): (name, file, [(old, new)], tests). Each must
@@ -268,6 +296,16 @@ def find_mutants(path: str, source: str, functions: set[str] | None) -> list[Mut
                 end=(first.lineno, first.col_offset))
     out.sort(key=lambda m: (m.line, m.col, m.kind, m.new))
     return out
+
+
+def equivalent_reason(m: Mutant, lines: list[str]) -> str | None:
+    """Why `m` is in EQUIVALENT (None: it is not)."""
+    text = lines[m.line - 1].encode()  # ast columns are utf-8 byte offsets
+    for snippet, old, new, why in EQUIVALENT.get(m.path, []):
+        at = text.find(snippet.encode())
+        if (m.old, m.new) == (old, new) and 0 <= at <= m.col < at + len(snippet.encode()):
+            return why
+    return None
 
 
 def import_time_lines(source: str) -> dict[int, set[int]]:
@@ -477,6 +515,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worktree", action="store_true", help="mutate the working tree's files, not HEAD's")
     ap.add_argument("--sample", type=int, default=0, help="a random sample of N mutants per module (0: all)")
     ap.add_argument("--seed", type=int, default=0, help="the sample's seed")
+    ap.add_argument("--run-equivalent", action="store_true", help="run the mutants of EQUIVALENT too (they should survive)")
     ap.add_argument("--bugs", action="store_true", help="re-introduce issue 16's bugs by hand; name the test that fails")
     args = ap.parse_args(argv)
     targets = TARGETS
@@ -521,8 +560,16 @@ def main(argv=None) -> int:
             # fastest test first: a mutant dies at its first failing test (-x)
             order = {t: info["seconds"].get(t, 0.0) for t in covered}
             import_time = import_time_lines(original)
-            counts = {"mutants": 0, "killed": 0, "survived": 0, "timeouts": 0, "not_run_by_any_test": 0}
+            counts = {"mutants": 0, "killed": 0, "survived": 0, "timeouts": 0, "not_run_by_any_test": 0, "equivalent": 0}
+            source_lines = original.splitlines(keepends=True)
             for m in mutants:
+                why = equivalent_reason(m, source_lines)
+                if why and not args.run_equivalent:
+                    counts["mutants"] += 1
+                    counts["equivalent"] += 1
+                    report.setdefault("equivalent", []).append(f"{m.describe()}  [{why}]")
+                    print(f"equivalent         {m.describe()}", file=sys.stderr, flush=True)
+                    continue
                 span = set(range(m.line, m.end_line + 1))
                 # a line run at import (a def's defaults, a module constant) counts for every test that
                 # runs the function (or, at module level, any line of the file)
@@ -547,6 +594,8 @@ def main(argv=None) -> int:
                 print(f"{outcome:8s} {took:6.1f}s {len(selected):3d} tests  {m.describe()}", file=sys.stderr, flush=True)
             # a timeout is not counted as killed: a slow machine times out equivalent mutants too
             counts["score"] = round(100.0 * counts["killed"] / counts["mutants"], 1) if counts["mutants"] else None
+            real = counts["mutants"] - counts["equivalent"]
+            counts["score_without_equivalent"] = round(100.0 * counts["killed"] / real, 1) if real else None
             counts["baseline_seconds"] = round(seconds, 1)
             counts["sampled_from"] = len(find_mutants(path, original, functions)) if args.sample else None
             counts["seconds"] = round(time.time() - module_started, 1)  # wall time: baseline and mutants
