@@ -4,10 +4,11 @@
 
 Each run is a real `lspt sweep` driver (a subprocess, as a user runs it) of N grid trials (vit-tiny on
 digits, `--epochs E --threads 1 --no-finals`), in a fresh sweep dir, per executor and worker count:
-`local`, `ray` (a local cluster started by the driver, its start-up included) and `slurm` with
-`cluster=local` (submitit's local executor). `startup` separates two fixed costs: a trial process's
-start (importing torch) and a local Ray cluster's start/stop. Reported per run: the driver's wall time, the trials' own
-training seconds (summary.json), and
+`local`, `ray` (the driver joins a local cluster of k CPUs that this script starts before the run
+and stops after it, as `ray start --head` would: a running cluster, whose start is not a per-trial
+cost) and `slurm` with `cluster=local` (submitit's local executor). `startup` reports the fixed costs
+apart: a trial process's start (importing torch) and each local Ray cluster's start and stop. Reported
+per run: the driver's wall time, the trials' own training seconds (summary.json), and
 
 - overhead_per_trial_s: (wall - wall of `local` with the same workers) / N: what the engine adds;
 - scaling: wall(k workers) / (wall(1 worker) / k), per executor: 1.0 is perfect, the goal is <= 1.3.
@@ -20,6 +21,7 @@ and after is recorded too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -30,17 +32,33 @@ from pathlib import Path
 
 EXECUTORS = {
     "local": ["--executor", "local"],
-    "ray": ["--executor", "ray"],
+    "ray": ["--executor", "ray"],  # + address= of the cluster started for the run (ray_cluster)
     "slurm": ["--executor", "slurm", "--executor-opt", "cluster=local"],
 }
 
 
-def one_sweep(executor: str, workers: int, trials: int, epochs: int, root: Path) -> dict:
+@contextlib.contextmanager
+def ray_cluster(cpus: int, costs: dict):
+    """A local Ray cluster of `cpus` CPUs for the ray runs; its start and stop times go to `costs`."""
+    import ray
+
+    start = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    costs[f"ray_cluster_start_s_{cpus}cpu"] = round(time.perf_counter() - start, 2)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        start = time.perf_counter()
+        ray.shutdown()
+        costs[f"ray_cluster_stop_s_{cpus}cpu"] = round(time.perf_counter() - start, 2)
+
+
+def one_sweep(executor: str, workers: int, trials: int, epochs: int, root: Path, extra: list[str]) -> dict:
     lrs = ",".join(f"{0.01 * (i + 1):.2f}" for i in range(trials))
     out = root / f"{executor}-w{workers}"
     argv = [sys.executable, "-m", "lspt_cli", "sweep", "--backbone", "vit-tiny", "--strategy", "vpt-shallow",
             "--task", "digits", "--grid", f"lr={lrs}", "--seeds", "42", "--epochs", str(epochs), "--threads", "1",
-            "--no-finals", "--workers", str(workers), *EXECUTORS[executor], "--out", str(out), "--json", "-q"]
+            "--no-finals", "--workers", str(workers), *EXECUTORS[executor], *extra, "--out", str(out), "--json", "-q"]
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -54,18 +72,12 @@ def one_sweep(executor: str, workers: int, trials: int, epochs: int, root: Path)
 
 
 def startup_costs() -> dict:
-    """What the overhead is made of: a trial's own `lspt tune` process start (torch import; paid by every
-    executor except local with one worker, which trains in-process) and a local Ray cluster's start/stop."""
-    costs = {}
+    """What a trial process's start costs (importing torch): paid per trial by `local --workers k>1` and
+    `slurm`, once per worker process by `ray` (its workers run trial after trial), never by `local`
+    with one worker (it trains in the driver)."""
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import lspt_cli.engine.train"], check=True)
-    costs["tune_process_start_s"] = round(time.perf_counter() - start, 2)
-    code = ("import time, ray; t = time.perf_counter(); ray.init(num_cpus=1, include_dashboard=False, "
-            "log_to_driver=False); ray.get(ray.remote(lambda: 1).remote()); ray.shutdown(); "
-            "print(time.perf_counter() - t)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    costs["ray_local_cluster_start_stop_s"] = round(float(proc.stdout.strip().splitlines()[-1]), 2) if proc.returncode == 0 else None
-    return costs
+    return {"tune_process_start_s": round(time.perf_counter() - start, 2)}
 
 
 def main() -> None:
@@ -88,7 +100,12 @@ def main() -> None:
         costs = startup_costs()
         for k in workers:
             for name in executors:
-                rows.append(one_sweep(name, k, args.trials, args.epochs, Path(tmp)))
+                if name == "ray":
+                    with ray_cluster(k, costs) as address:
+                        rows.append(one_sweep(name, k, args.trials, args.epochs, Path(tmp),
+                                              ["--executor-opt", f"address={address}"]))
+                else:
+                    rows.append(one_sweep(name, k, args.trials, args.epochs, Path(tmp), []))
                 print(json.dumps(rows[-1]), file=sys.stderr)
     wall = {(r["executor"], r["workers"]): r.get("wall_s") for r in rows}
     for r in rows:

@@ -164,6 +164,34 @@ def test_a_ray_worker_killed_mid_trial_is_retried_and_the_sweep_matches_local(tm
     assert_same_bundles(out, ref_dir)
 
 
+@pytest.mark.slow
+def test_ray_max_retries_0_a_killed_worker_fails_its_trial_without_stopping_the_driver(tmp_path, ray_address):
+    """`max_retries=0` reaches Ray: the dead worker's task is not retried, and its trial is a failed
+    result naming Ray's error (the sweep records it and goes on), not an exception in the driver."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from lspt_plugins.executors.ray_executor import RayExecutor
+
+    run_dir = tmp_path / "digits" / "lr0.01-seed42"
+    argv = ["--backbone", "vit-tiny", "--task", "digits", "--strategy", "vpt-shallow", "--epochs", "1", "--lr", "0.01",
+            "--seed", "42", "--threads", "1", "--out", str(run_dir)]
+    trial = SimpleNamespace(name=run_dir.name, argv=argv, run_dir=run_dir)  # what payload() reads of a Trial
+    executor = RayExecutor({"address": ray_address, "max_retries": "0"}, workers=1, sweep_dir=tmp_path, host=None)
+    with ThreadPoolExecutor(1) as pool:
+        results = pool.submit(lambda: list(executor.run([trial])))
+        deadline = time.monotonic() + 120
+        lock = run_dir / ".lspt.lock"  # the trial has started: its process holds its run dir, pid inside
+        while not (lock.exists() and lock.read_text().strip()):
+            assert not results.done() and time.monotonic() < deadline, "the trial did not start"
+            time.sleep(0.02)
+        os.kill(ray_worker_of(int(lock.read_text().strip())), signal.SIGKILL)
+        [(got, outcome, summary, error)] = results.result(timeout=120)
+    executor.close()
+    assert got is trial and outcome == "failed" and summary is None
+    assert error.startswith("Ray task failed: WorkerCrashedError") and not (run_dir / "summary.json").exists()
+
+
 def test_a_trial_is_claimed_a_second_claim_waits(tmp_path):
     """Two drivers on one trial: the second claim blocks until the first is released (another process)."""
     from lspt_cli.sweep import claim
