@@ -776,6 +776,7 @@ def features_of(trainer, split: str, train: bool, epoch: int = 0):
 
 
 def test_feature_cache_holds_the_documented_views_and_eval_batches(tmp_path, monkeypatch):
+    from lspt_cli.engine import accel
     from lspt_cli.engine.feature_cache import FeatureCache
 
     tiny_task()
@@ -786,8 +787,9 @@ def test_feature_cache_holds_the_documented_views_and_eval_batches(tmp_path, mon
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(FeatureCache, "batches", lambda self, split, order, size: batches.append((split, size))
                    or original_batches(self, split, order, size))
-        mp.setattr(Trainer, "loader", lambda self, split, train, order=None, epoch=0: loaders.append((split, train))
-                   or original_loader(self, split, train, order, epoch))
+        mp.setattr(Trainer, "loader", lambda self, split, train, order=None, epoch=0: loaders.append(
+            (split, train, (made := original_loader(self, split, train, order, epoch)).batch_size)) or made)
+        mp.setattr(accel, "compile_forward", lambda *a: pytest.fail("compiled although the cache trains the head alone"))
         trainer = Trainer(config(strategy="linear", augment=False, compile=True, epochs=2, batch_size=5, eval_batch_size=4),
                           tmp_path / "run", log=logs.append)
         summary = trainer.run()
@@ -797,7 +799,7 @@ def test_feature_cache_holds_the_documented_views_and_eval_batches(tmp_path, mon
     assert 0 <= seconds <= wall and seconds == round(seconds, 3) and "compile_seconds" not in summary
     assert logs[0].startswith("Feature cache: on (linear probe") and logs[1] == "--compile: skipped, the feature cache trains the head alone"
     assert ("val", 4) in batches and ("train", 5) in batches and ("test", 4) not in batches
-    assert ("test", False) in loaders and ("val", False) in loaders
+    assert ("test", False, 4) in loaders and ("val", False, 4) in loaders  # --eval-batch-size
     assert torch.allclose(trainer.features.features["train"], features_of(trainer, "train", False), atol=1e-5)
     assert torch.allclose(trainer.features.features["val"], features_of(trainer, "val", False), atol=1e-5)
 
