@@ -354,7 +354,7 @@ try:
     import __editable___lspt_0_1_0_finder as _finder
 except ImportError:
     _finder = None
-_root = os.environ.get("LSPT_MUTATION_ROOT")
+_root = os.environ.get("MUTATION_COPY_ROOT")
 if _finder is not None and _root:
     _finder.MAPPING.update(lspt_cli=os.path.join(_root, "lspt_cli"), lspt_plugins=os.path.join(_root, "plugins"),
                            lspt_recipes=os.path.join(_root, "recipes"))
@@ -379,7 +379,9 @@ def make_copy(worktree: bool) -> Path:
 
 
 def child_env(root: Path) -> dict[str, str]:
-    env = dict(os.environ, LSPT_MUTATION_ROOT=str(root), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1",
+    # not LSPT_*: the reliability tests' lspt_env() drops those, and their `lspt` subprocesses must
+    # import the mutant too
+    env = dict(os.environ, MUTATION_COPY_ROOT=str(root), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     return env
 
