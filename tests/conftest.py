@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -14,8 +16,58 @@ os.environ.setdefault("LSPT_NO_PROGRESS", "1")
 # Tiny ViTs gain nothing from intra-op threads, and OpenMP's spin-waiting makes them up to 50x
 # slower when the cores are shared (other test processes, torchrun ranks). Inherited by subprocesses.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: N workers x 1 thread, never more threads than cores
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4)
+
+
+def shared_tmp(tmp_path_factory) -> Path:
+    """A temp dir that every worker of this run sees (`pytest -n`: the workers' common base dir), for
+    session results computed once per run under a file lock (filelock, as pytest-xdist documents)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def pytest_collection_modifyitems(items):
+    """`pytest -n`: slow tests are handed out first (xdist deals work in collection order, after the
+    xdist_group units), so that no long test starts last and runs alone at the end. Serial runs keep
+    the file order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# -- the reliability tally (tests/reliability/conftest.py's `tally` fixture) --------------------------
+# Entries ride on each test's user_properties, so they reach this process's reports also from the
+# workers of `pytest -n`; they count only if that test's call phase passed. Summed here, in the root
+# conftest, because the controller of `pytest -n` loads this file, not tests/reliability/conftest.py.
+TALLY = "lspt-tally"
+TALLY_KINDS = {"fault": "faults survived", "bad_input": "bad inputs rejected cleanly",
+               "fuzz": "fuzz examples (no crash, no hang)"}
+_proven: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed:
+        for name, value in report.user_properties:
+            if name == TALLY:
+                kind, what, n = value
+                _proven.extend([(kind, what)] * n)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _proven:
+        return
+    tr = terminalreporter
+    tr.section("lspt reliability")
+    cases = [what for kind, what in _proven if kind != "fuzz"]
+    tr.write_line(f"hostile cases handled: {len(cases)} ({len(set(cases))} distinct labels), "
+                  f"plus {sum(kind == 'fuzz' for kind, _ in _proven)} fuzz examples")
+    for kind, label in TALLY_KINDS.items():
+        whats = Counter(what for k, what in _proven if k == kind)
+        tr.write_line(f"{label}: {sum(whats.values())}")
+        for what, n in sorted(whats.items()):
+            tr.write_line(f"    {n:4d}  {what}")
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +128,34 @@ def cli():
 
 
 # -- helpers shared by test modules (`from conftest import ...`) ----------------------------------
+def cli_in_own_home(home: Path, *args):
+    """Invoke the CLI in-process under its own LSPT_HOME: for module-scoped fixtures, which are set up
+    before (and outlive) each test's isolated_lspt_home."""
+    from typer.testing import CliRunner
+
+    from lspt_cli import paths, plugins
+    from lspt_cli.cli import create_app
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LSPT_HOME", str(home))
+        paths.clear_overrides()
+        plugins.reset_host()
+        try:
+            return CliRunner().invoke(create_app(), [str(a) for a in args], catch_exceptions=False)
+        finally:
+            paths.clear_overrides()
+            plugins.reset_host()
+
+
+def free_port() -> int:
+    """A free loopback port (torchrun's rendezvous; a fixed one collides under `pytest -n` or a second run)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def mini_digits(name: str = "mini", n_train: int = 48, n_val: int = 24, n_test: int = 24):
     """A prepared task: the first images of digits' own splits (same array, fewer rows)."""
     from lspt_cli.data.manifest import save_manifest, task_dir

@@ -2,72 +2,51 @@
 the reference bundle of an uninterrupted run, and checks that every file of a run directory is whole.
 
 Counting is honest: a test adds entries with `tally.fault(...)` / `tally.bad_input(...)` /
-`tally.fuzz(...)`, and they count only if that test's call phase passed (pytest_runtest_logreport).
-The terminal summary prints the totals.
+`tally.fuzz(...)`, and they count only if that test's call phase passed (tests/conftest.py sums
+them, also across the workers of `pytest -n`). The terminal summary prints the totals.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import TALLY, shared_tmp
 
 # The run every fault test uses: small enough to take ~2 s of training, long enough (3 epochs of
 # 21 batches) that a random kill lands in every phase: startup, mid-epoch, validation, writes.
 TUNE_ARGS = ["--backbone", "vit-tiny", "--task", "digits", "--strategy", "vpt-deep", "--epochs", "3",
              "--warmup-epochs", "1", "--batch-size", "64", "--set", "num_prompts=2", "--seed", "7"]
 
-_pending: dict[str, list[tuple[str, str]]] = defaultdict(list)
-_proven: list[tuple[str, str]] = []
-KINDS = {"fault": "faults survived", "bad_input": "bad inputs rejected cleanly", "fuzz": "fuzz examples (no crash, no hang)"}
-
-
 class Tally:
-    def __init__(self, nodeid: str):
-        self.nodeid = nodeid
+    """What one test proved; counted by the root conftest (tests/conftest.py) if the test passes."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def _add(self, kind: str, what: str, n: int = 1) -> None:
+        self.node.user_properties.append((TALLY, (kind, what, n)))
 
     def fault(self, what: str) -> None:
-        _pending[self.nodeid].append(("fault", what))
+        self._add("fault", what)
 
     def bad_input(self, what: str) -> None:
-        _pending[self.nodeid].append(("bad_input", what))
+        self._add("bad_input", what)
 
     def fuzz(self, what: str, n: int = 1) -> None:
-        _pending[self.nodeid].extend([("fuzz", what)] * n)
+        self._add("fuzz", what, n)
 
 
 @pytest.fixture
 def tally(request) -> Tally:
-    return Tally(request.node.nodeid)
-
-
-def pytest_runtest_logreport(report):
-    if report.when == "call":
-        entries = _pending.pop(report.nodeid, [])
-        if report.passed:
-            _proven.extend(entries)
-
-
-def pytest_terminal_summary(terminalreporter):
-    if not _proven:
-        return
-    tr = terminalreporter
-    tr.section("lspt reliability")
-    cases = [what for kind, what in _proven if kind != "fuzz"]
-    tr.write_line(f"hostile cases handled: {len(cases)} ({len(set(cases))} distinct labels), "
-                  f"plus {sum(kind == 'fuzz' for kind, _ in _proven)} fuzz examples")
-    for kind, label in KINDS.items():
-        whats = Counter(what for k, what in _proven if k == kind)
-        tr.write_line(f"{label}: {sum(whats.values())}")
-        for what, n in sorted(whats.items()):
-            tr.write_line(f"    {n:4d}  {what}")
+    return Tally(request.node)
 
 
 # -- subprocesses -----------------------------------------------------------------------------------
@@ -114,10 +93,17 @@ def kill(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
 # -- the reference run ----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def reference_bundle(tmp_path_factory) -> Path:
-    """The bundle of an uninterrupted run of TUNE_ARGS (subprocess, own LSPT_HOME); read-only."""
-    base = tmp_path_factory.mktemp("reference")
-    result = run_lspt(base / "home", "tune", *TUNE_ARGS, "--out", str(base / "run"), "--json")
-    assert result.returncode == 0, result.stderr
+    """The bundle of an uninterrupted run of TUNE_ARGS (subprocess, own LSPT_HOME); read-only.
+    Trained once per test run: the workers of `pytest -n` share it (the first one trains it)."""
+    from filelock import FileLock
+
+    base = shared_tmp(tmp_path_factory) / "reference"
+    done = base / "run" / "summary.json"
+    with FileLock(str(base) + ".lock"):
+        if not done.exists():
+            shutil.rmtree(base, ignore_errors=True)  # a worker that failed here left a partial run
+            result = run_lspt(base / "home", "tune", *TUNE_ARGS, "--out", str(base / "run"), "--json")
+            assert result.returncode == 0, result.stderr
     return base / "run" / "bundle.safetensors"
 
 
