@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +17,7 @@ def test_torchrun_two_ranks(tmp_path):
     env = dict(os.environ, LSPT_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", LSPT_LOAD_PLUGINS="")
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "lspt_cli", "tune", "--backbone", "vit-tiny",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "lspt_cli", "tune", "--backbone", "vit-tiny",
          "--task", "digits", "--strategy", "vpt-deep", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "64",
          "--set", "num_prompts=2", "--out", str(run), "--json"],
         env=env, capture_output=True, text=True, timeout=300,

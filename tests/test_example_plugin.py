@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# `pytest -n`: with the tests that pip-install plugins or load every installed one (never concurrently)
+pytestmark = pytest.mark.xdist_group("installed-plugins")
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "plugins" / "examples" / "lspt-example-plugin"
 

@@ -16,6 +16,8 @@ import pytest
 
 from lspt_cli import ExecutorSpec, hookimpl
 
+pytestmark = pytest.mark.xdist_group("executors")  # `pytest -n`: one Ray cluster, one local reference
+
 # The done-when sweep, with one thread per trial (bit-identical CPU results, 2 shared cores).
 SWEEP = ["sweep", "--backbone", "vit-tiny", "--strategy", "vpt-shallow", "--task", "digits", "--grid", "lr=0.01,0.05",
          "--seeds", "42", "--epochs", "2", "--threads", "1"]

@@ -311,6 +311,7 @@ def _check_mlflow_run(client, mlflow_run, run_dir: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("mlflow-server")  # `pytest -n`: one server for the three
 def test_mlflow_tune_logs_params_metrics_tags_and_bundle(cli, tmp_path, tracking):
     run = tmp_path / "run"
     result = cli(*TUNE, "--log", "mlflow", "--out", str(run))
@@ -324,6 +325,7 @@ def test_mlflow_tune_logs_params_metrics_tags_and_bundle(cli, tmp_path, tracking
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("mlflow-server")  # `pytest -n`: one server for the three
 def test_mlflow_sweep_is_one_experiment_with_a_run_per_trial(cli, tmp_path, tracking):
     sweep = tmp_path / "sw-digits"
     result = cli("sweep", "--backbone", "vit-tiny", "--task", "digits", "--strategy", "vpt-shallow", "--set", "num_prompts=2",
@@ -396,6 +398,7 @@ class ServerKiller:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("mlflow-server")  # `pytest -n`: one server for the three
 def test_mlflow_server_gone_mid_run_warns_once_and_the_bundle_is_unchanged(cli, tmp_path, tracking, mlflow_server):
     """Kills the module's server after epoch 1 (a later test's `tracking` starts it again)."""
     from lspt_cli.plugins import get_host

@@ -397,6 +397,7 @@ def _pytest_env(**extra):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("installed-plugins")  # its pytest loads every installed plugin
 def test_example_plugin_tests_pass_with_lspt_cli_testing(tmp_path):
     import shutil
 
@@ -445,6 +446,7 @@ def test_scaffold_refuses_bad_names_and_existing_folders(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("installed-plugins")  # pip-installs into this environment (`pytest -n`: alone)
 def test_generated_strategy_plugin_installs_passes_its_tests_and_the_check(tmp_path):
     """`lspt plugins new` output, unchanged: pip install -e, its own pytest, `lspt plugins check`."""
     assert run_cli("plugins", "new", "kit-prompts", "--kind", "strategy", "--dir", str(tmp_path)).exit_code == 0

@@ -187,6 +187,7 @@ def test_plugin_command_appears_in_cli(cli):
     assert cli("hello").output.strip() == "hello from a plugin"
 
 
+@pytest.mark.xdist_group("installed-plugins")  # loads every installed plugin
 def test_help_survives_broken_plugin(cli, monkeypatch):
     monkeypatch.delenv("LSPT_LOAD_PLUGINS")
     host = get_host()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import interrupt_after
+from conftest import free_port, interrupt_after
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -442,7 +442,7 @@ def test_torchrun_two_ranks_split_the_batch(tmp_path):
     env = dict(os.environ, LSPT_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", LSPT_LOAD_PLUGINS="")
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "lspt_cli",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "lspt_cli",
          "tune", "--backbone", "vit-tiny", "--task", "digits", "--strategy", "linear", "--protocol", "paper",
          "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "64", "--out", str(run), "--json"],
         env=env, capture_output=True, text=True, timeout=300,

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import interrupt_after
+from conftest import cli_in_own_home, interrupt_after
 from lspt_cli import hookimpl
 from lspt_cli.plugins import get_host
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tune-e2e")]  # `pytest -n`: `trained` once
 
 FAST = ["--backbone", "vit-tiny", "--task", "digits", "--strategy", "vpt-deep", "--epochs", "2",
         "--warmup-epochs", "1", "--batch-size", "128", "--set", "num_prompts=2"]
@@ -24,11 +24,13 @@ def tune(cli, out, *extra):
     return result
 
 
-@pytest.fixture
-def trained(cli, tmp_path):
-    result = tune(cli, tmp_path / "run")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One FAST run for the module's tests, which only read it (trained once, under its own LSPT_HOME)."""
+    base = tmp_path_factory.mktemp("trained")
+    result = cli_in_own_home(base / "home", "tune", *FAST, "--out", base / "run", "--json")
     assert result.exit_code == 0, result.output
-    return tmp_path / "run", json.loads(result.stdout)
+    return base / "run", json.loads(result.stdout)
 
 
 def test_tune_writes_a_complete_run(trained):
