@@ -327,8 +327,9 @@ def equivalent_reason(m: Mutant, lines: list[str]) -> str | None:
 
 
 def import_time_lines(source: str) -> dict[int, set[int]]:
-    """Lines executed at import, not when a test runs them: a def's signature (defaults) maps to its
-    body's lines; a module-level or class-level statement maps to every line of the file."""
+    """Lines executed at import, not when a test runs them: a def's decorators and signature (defaults)
+    map to its body's lines; a module-level or class-level statement (a class decorator too) maps to
+    every line of the file."""
     tree = ast.parse(source)
     everything = set(range(1, len(source.splitlines()) + 1))
     out: dict[int, set[int]] = {}
@@ -337,9 +338,12 @@ def import_time_lines(source: str) -> dict[int, set[int]]:
         for node in body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 first = node.body[0].lineno
-                for line in range(node.lineno, first):
+                for line in range(min([node.lineno] + [d.lineno for d in node.decorator_list]), first):
                     out[line] = set(range(first, node.end_lineno + 1))
             elif isinstance(node, ast.ClassDef):
+                for d in node.decorator_list:
+                    for line in range(d.lineno, d.end_lineno + 1):
+                        out[line] = everything
                 visit(node.body, True)
             elif top:
                 for line in range(node.lineno, node.end_lineno + 1):
