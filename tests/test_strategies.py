@@ -475,3 +475,22 @@ def test_check_float_bounds_are_closed_unless_asked_open():
     for bad in (1.5, -0.1, True, "0.5"):
         with pytest.raises(ConfigError, match=r"in \[0.0, 1.0\], got"):
             check_float("s", "k", bad, 0.0, 1.0)
+
+
+def test_linear_probe_has_no_prompt_slots(tiny_backbone):
+    """The prompt/patch helpers see no prompt tokens: every token after the prefix is a patch."""
+    strategy = build_strategy("linear", tiny_backbone.dims)
+    x = torch.randn(2, strategy.prefix + 16, tiny_backbone.dims.embed_dim)
+    assert strategy.num_prompts == 0 and strategy.prompt_tokens(x).shape[1] == 0
+    assert torch.equal(strategy.patch_tokens(x), x[:, strategy.prefix :])
+
+
+def test_counter_fills_the_defaults_under_the_given_config():
+    """count_params(dims, config) = count(embed_dim, depth, defaults overridden by config), as ints."""
+    from types import SimpleNamespace
+
+    from lspt_plugins.strategies import _counter
+
+    count = _counter({"a": 1, "b": 10}, lambda d, depth, c: d * 100 + depth * 10 + c["a"] + c["b"] / 2)
+    dims = SimpleNamespace(embed_dim="3", depth=2.0)  # anything int() takes
+    assert count(dims) == 326 and count(dims, {"a": 4}) == 329 and count(dims, {"b": 3}) == 322  # 322.5, truncated
