@@ -19,6 +19,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: N workers x 1 thread, never more threads than cores
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
+# The CLI's rich consoles (lspt_cli/cli/output.py) are module objects that pin COLUMNS/LINES as they
+# are when first imported. Created here with both unset, they follow each test's monkeypatch.setenv
+# ("COLUMNS", ...), whichever test imports the CLI first (`pytest -n` runs the tests in another order).
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+import lspt_cli.cli.output  # noqa: E402,F401
+
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4)
 
 
