@@ -549,6 +549,10 @@ def main(argv=None) -> int:
         if not targets:
             raise SystemExit(f"unknown module; choose from: {', '.join(TARGETS)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still removes the copy
+    # started in the background (nohup ... &), SIGINT is ignored and every process started from here
+    # inherits that: the Ctrl-C tests' `lspt` would never see their SIGINT. Python's own handler is
+    # reset to the default by exec, so subprocesses handle Ctrl-C as from a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     root = make_copy(args.worktree)
     os.environ.update(child_env(root))
     sys.path.insert(0, str(root))
