@@ -10,6 +10,8 @@ a comparison flipped (< <=, == !=, in / not in, is / is not), an arithmetic oper
 a `not` dropped, a call statement deleted (e.g. `optimizer.step()`), or a function made to return
 early. A mutant is *killed* when the module's tests fail, *survives* when they pass, and times out
 past `--timeout` seconds (listed apart and not counted as killed: the score is killed / mutants).
+Mutants checked by hand to be equivalent (EQUIVALENT, each with its reason) are reported, not run
+(`--run-equivalent` runs them), and count as not killed.
 
 The shared working tree is never touched: the committed tree (`git archive HEAD`, or the working
 tree's files with --worktree) is copied to a temporary directory, the mutant is written there, and
