@@ -3,6 +3,7 @@
     python benchmarks/mutation.py                        # every target below, JSON on stdout
     python benchmarks/mutation.py --module lspt_cli/engine/evaluate.py --list   # show the mutants
     python benchmarks/mutation.py --module plugins/strategies/gapt.py --timeout 120
+    python benchmarks/mutation.py --jobs 2 --timeout 60         # every target, two modules at a time
 
 Each mutant is one small change of the source (found with `ast`, applied to the source text):
 a comparison flipped (< <=, == !=, in / not in, is / is not), an arithmetic operator swapped
@@ -533,6 +534,36 @@ def run_bugs(root: Path, timeout: float) -> int:
     return 1 if missed else 0
 
 
+def run_in_parallel(modules: list[str], args: argparse.Namespace) -> int:
+    """`--jobs N`: one child process per module (each with its own copy and fork server), N at a time;
+    their JSON reports are merged into one. Modules are independent, so this only changes the wall time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    common = ["--timeout", str(args.timeout), "--sample", str(args.sample), "--seed", str(args.seed)]
+    common += ["--worktree"] * args.worktree + ["--run-equivalent"] * args.run_equivalent
+    started = time.time()
+
+    def one(module: str) -> dict:
+        out = subprocess.run([sys.executable, __file__, *common, "--module", module], stdout=subprocess.PIPE, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"mutation: {module} failed (exit {out.returncode})")
+        return json.loads(out.stdout)
+
+    # the biggest files first (most mutants), so that no long module starts last and runs alone
+    order = sorted(modules, key=lambda m: -(REPO / m.split("::")[0]).stat().st_size)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        parts = list(pool.map(one, order))
+    report: dict = {"modules": {}, "survivors": [], "timeouts": [], "equivalent": []}
+    for part in parts:
+        report["modules"].update(part["modules"])
+        for key in ("survivors", "timeouts", "equivalent"):
+            report[key] += part.get(key, [])
+    report["seconds"] = round(time.time() - started, 1)
+    report["jobs"] = args.jobs
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--module", action="append", help="a key of TARGETS (or its path); default: all")
@@ -543,6 +574,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the sample's seed")
     ap.add_argument("--run-equivalent", action="store_true", help="run the mutants of EQUIVALENT too (they should survive)")
     ap.add_argument("--bugs", action="store_true", help="re-introduce issue 16's bugs by hand; name the test that fails")
+    ap.add_argument("--jobs", type=int, default=1, help="modules run at once, each in its own process and copy "
+                    "(default 1; 2 uses both cores of an idle 2-core machine)")
     args = ap.parse_args(argv)
     targets = TARGETS
     if args.module:
@@ -550,6 +583,8 @@ def main(argv=None) -> int:
         targets = {k: v for k, v in every.items() if k in args.module or k.split("::")[0] in args.module}
         if not targets:
             raise SystemExit(f"unknown module; choose from: {', '.join(TARGETS)}")
+    if args.jobs > 1 and len(targets) > 1 and not (args.list or args.bugs):
+        return run_in_parallel(list(targets), args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still removes the copy
     # started in the background (nohup ... &), SIGINT is ignored and every process started from here
     # inherits that: the Ctrl-C tests' `lspt` would never see their SIGINT. Python's own handler is
