@@ -26,6 +26,13 @@ os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
 import lspt_cli.cli.output  # noqa: E402,F401
 
+# Started in the background (`nohup bash .ci/run &`, some CI runners), SIGINT is ignored, and an
+# ignored signal stays ignored through fork and exec: the Ctrl-C tests' `lspt` processes would
+# never see their SIGINT. Python's own handler is reset to the default by exec, so with it
+# installed here every subprocess handles Ctrl-C as if started from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4)
 
 
