@@ -278,8 +278,8 @@ def resolve_config(
     strat: dict[str, Any] = {}
     grid: dict[str, list] = {}
     used = []
-    if benchmark == "vtab":
-        train["batch_size"] = 128  # VPT/GaPT protocol
+    if benchmark in ("vtab", "fgvc"):  # VPT's batch on both (KMnP/vpt configs/base-prompt.yaml:25, demo.ipynb:824-828)
+        train["batch_size"] = 128
     spec = find_recipe(registered_recipes, strategy, backbone, benchmark, task)
     if spec is not None:
         t, s = recipe_layers(spec.values, task)
