@@ -16,6 +16,11 @@ os.environ.setdefault("LSPT_NO_PROGRESS", "1")
 # Tiny ViTs gain nothing from intra-op threads, and OpenMP's spin-waiting makes them up to 50x
 # slower when the cores are shared (other test processes, torchrun ranks). Inherited by subprocesses.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# `amp = auto` (protocol lspt) means bf16 on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere:
+# the suite states the answer instead of reading the CPU, so no result depends on the machine.
+# `LSPT_CPU_BF16=1 python -m pytest` runs it as on a native-bf16 CPU; tests of the detection itself
+# unset it. Inherited by subprocesses (lspt_cli/engine/accel.py reads it).
+os.environ.setdefault("LSPT_CPU_BF16", "0")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: N workers x 1 thread, never more threads than cores
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 

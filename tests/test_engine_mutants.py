@@ -24,14 +24,32 @@ def test_cpu_capability_is_torchs_own_view():
 
 
 def test_cpu_bf16_native_reads_the_cpu_once(monkeypatch):
+    monkeypatch.delenv("LSPT_CPU_BF16", raising=False)  # detect, as a user's run does
     reads = []
     monkeypatch.setattr(accel, "cpu_flags", lambda *a: reads.append(1) or {"avx512_bf16"})
-    accel.cpu_bf16_native.cache_clear()
+    accel.detect_cpu_bf16.cache_clear()
     try:
         assert accel.cpu_bf16_native() is True and accel.cpu_bf16_native() is True
         assert reads == [1]
     finally:
-        accel.cpu_bf16_native.cache_clear()
+        accel.detect_cpu_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("flags", [set(), {"avx512_bf16"}])
+def test_lspt_cpu_bf16_states_the_answer_whatever_the_cpu(monkeypatch, flags):
+    """`LSPT_CPU_BF16=1|0` wins over the flags (the suite pins it: no result depends on the CPU);
+    anything else, or nothing, detects."""
+    monkeypatch.setattr(accel, "cpu_flags", lambda *a: set(flags))
+    monkeypatch.setattr(accel, "cpu_capability", lambda: "AVX2")
+    accel.detect_cpu_bf16.cache_clear()
+    try:
+        for stated, answer in (("1", True), ("0", False), (" 1 ", True), ("yes", bool(flags)), ("", bool(flags))):
+            monkeypatch.setenv("LSPT_CPU_BF16", stated)
+            assert accel.cpu_bf16_native() is answer
+        monkeypatch.delenv("LSPT_CPU_BF16", raising=False)
+        assert accel.cpu_bf16_native() is bool(flags)
+    finally:
+        accel.detect_cpu_bf16.cache_clear()
 
 
 @pytest.fixture

@@ -207,9 +207,10 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 @pytest.mark.parametrize("flags, native", [({"avx2"}, False), ({"avx2", "avx512_bf16"}, True), ({"amx_bf16"}, True)])
 def test_amp_auto_uses_bf16_on_cpu_only_where_native(monkeypatch, flags, native):
+    monkeypatch.delenv("LSPT_CPU_BF16", raising=False)  # detect from the (faked) flags
     monkeypatch.setattr(accel, "cpu_flags", lambda *a: set(flags))
     monkeypatch.setattr(accel, "cpu_capability", lambda: "AVX2")
-    accel.cpu_bf16_native.cache_clear()
+    accel.detect_cpu_bf16.cache_clear()
     try:
         cpu = torch.device("cpu")
         assert use_bf16("auto", cpu) is native  # protocol lspt's default
@@ -218,7 +219,7 @@ def test_amp_auto_uses_bf16_on_cpu_only_where_native(monkeypatch, flags, native)
         report = accel.bf16_report(cpu)
         assert report["bf16_native"] is native and report["cpu_bf16_flags"] == sorted(flags & {"avx512_bf16", "amx_bf16"})
     finally:
-        accel.cpu_bf16_native.cache_clear()
+        accel.detect_cpu_bf16.cache_clear()
 
 
 def test_protocols_amp_defaults():

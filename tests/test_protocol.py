@@ -417,14 +417,18 @@ def test_trainer_splits_the_batch_over_ranks(tmp_path):
 
 
 # -- 12. precision ----------------------------------------------------------------------------------
-def test_paper_is_fp32_on_every_device():
+@pytest.mark.parametrize("native", [False, True])
+def test_paper_is_fp32_on_every_device(monkeypatch, native):
+    """On a CPU with native bf16 (AVX512-BF16/AMX) and on one without: the CPU is faked both ways,
+    so the answer never depends on the machine that runs the suite."""
     from lspt_cli.engine.train import use_bf16
     from lspt_cli.recipes import PROTOCOL_DEFAULTS
 
+    monkeypatch.setenv("LSPT_CPU_BF16", "1" if native else "0")
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert PROTOCOL_DEFAULTS["paper"]["amp"] == "off" and PROTOCOL_DEFAULTS["lspt"]["amp"] == "auto"
     assert not use_bf16("off", cuda) and not use_bf16("off", cpu)
-    assert not use_bf16("auto", cpu) and use_bf16("bf16", cpu)
+    assert use_bf16("auto", cpu) is native and use_bf16("bf16", cpu)
     with pytest.MonkeyPatch.context() as mp:  # `auto` is bf16 exactly where CUDA supports it
         mp.setattr(torch.cuda, "is_available", lambda: True)
         for supported in (True, False):

@@ -9,6 +9,7 @@ turns it on only there (README "Performance"). torch.compile needs a working ind
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from functools import lru_cache
 from typing import Any, Callable
@@ -38,10 +39,23 @@ def cpu_capability() -> str:
         return ""
 
 
-@lru_cache(maxsize=1)
+# `LSPT_CPU_BF16=1|0` states the answer instead of detecting it: a benchmark comparing both paths on
+# one CPU, and the test suite, which pins it so that no result depends on the CPU it runs on.
+CPU_BF16_ENV = "LSPT_CPU_BF16"
+
+
 def cpu_bf16_native() -> bool:
     """True where the CPU multiplies bf16 natively: an AVX512-BF16 or AMX flag in /proc/cpuinfo,
-    or torch reporting an AMX-capable vector unit."""
+    or torch reporting an AMX-capable vector unit; `LSPT_CPU_BF16=1|0` overrides the detection."""
+    stated = os.environ.get(CPU_BF16_ENV, "").strip()
+    if stated in ("0", "1"):
+        return stated == "1"
+    return detect_cpu_bf16()
+
+
+@lru_cache(maxsize=1)
+def detect_cpu_bf16() -> bool:
+    """What this CPU offers, read once per process (the flags, then torch's vector unit)."""
     return bool(cpu_flags() & set(BF16_CPU_FLAGS)) or "AMX" in cpu_capability().upper()
 
 
