@@ -6,7 +6,8 @@ Protocol `paper` is the official code (KMnP/vpt at 4410440; GaPT runs VPT's trai
 - VTAB-1k. Grid trials train on train800 and are compared by the val200 top-1 of their *last*
   epoch (tune_vtab.py:48-57, find_best_lrwd reads results_dict[f"epoch_{len - 1}"]); a tie goes
   to the smaller lr (tune_vtab.py:63-71; for the same lr the official order is glob's, unspecified:
-  lspt takes the smaller weight decay, then the smaller value of any other grid key). Finals train on
+  lspt takes the smaller weight decay, then the trial planned first, i.e. the value listed first for
+  any other grid key, never the smallest prompt by rule). Finals train on
   train800val200 (tune_vtab.py:164-166, train.py:68-69) with seeds 42, 44, 82, 100, 800
   (tune_vtab.py:284) and report the test top-1 of the last epoch (nothing is selected on them).
   A grid trial reports its last epoch's test as well.
@@ -18,6 +19,14 @@ Protocol `paper` is the official code (KMnP/vpt at 4410440; GaPT runs VPT's trai
 - Other tasks (imagefolder, digits): no official rule; lspt's below.
 
 Protocol `lspt` (and custom tasks): best-epoch val everywhere, finals on train+val (last epoch).
+
+A diverged trial (NaN/inf loss). The official trainer returns at the bad batch and keeps the epochs
+it evaluated (src/engine/trainer.py:104-113,187-189); tune_vtab.py:54-61 then compares it by the last
+epoch it holds, like any other trial. Under `paper` lspt's trainer does the same (engine/train.py:
+the run finishes on its last finished epoch, `diverged` in summary.json), so the rules above compare
+it by the val of the epochs done before divergence; one that diverged in its first epoch has none
+and fails (officially: an empty eval_results.pth, skipped at tune_vtab.py:59-61). Under `lspt` a
+diverged trial fails and takes no part in the selection.
 """
 
 from __future__ import annotations

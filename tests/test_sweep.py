@@ -45,22 +45,23 @@ def test_selection_best_val_then_smaller_lr_then_smaller_wd():
     records = [rec(0.1, 0.0, None, status="failed"), rec(0.2, 0.0, 10.0)]
     assert select_best(records)["point"]["lr"] == 0.2
     assert select_best([rec(0.1, 0.0, None, status="failed")]) is None
-    # other grid keys break remaining ties in name order, smaller first
+    # other grid keys are not ranked: the trial planned first wins, never the shortest prompt by rule
     records = [rec(0.1, 0.0, 50.0, num_prompts=10), rec(0.1, 0.0, 50.0, num_prompts=5)]
-    assert select_best(records)["point"]["num_prompts"] == 5
+    assert select_best(records)["point"]["num_prompts"] == 10
+    assert select_best(records[::-1])["point"]["num_prompts"] == 5
 
 
-def test_selection_ties_put_numbers_before_strings_and_skip_non_numbers():
-    """Under one grid key a number sorts before a string (`--grid num_prompts=5,x`), numbers by value
-    (10 after 5, not as text), strings by text; a bool or NaN val never wins."""
+def test_selection_ties_on_other_keys_keep_the_plan_order_and_skip_non_numbers():
+    """Only lr and wd are ranked (tune_vtab.py:63-71 breaks ties by the smaller lr); under any other
+    grid key the trial planned first wins, whatever its type or size; a bool or NaN val never wins."""
     tie = [rec(0.1, 0.0, 50.0, num_prompts="x"), rec(0.1, 0.0, 50.0, num_prompts=10)]
-    assert select_best(tie)["point"]["num_prompts"] == 10
-    tie = [rec(0.1, 0.0, 50.0, num_prompts=10), rec(0.1, 0.0, 50.0, num_prompts=5)]
-    assert select_best(tie)["point"]["num_prompts"] == 5
+    assert select_best(tie)["point"]["num_prompts"] == "x"
+    tie = [rec(0.1, 0.0, 50.0, num_prompts=200), rec(0.1, 0.0, 50.0, num_prompts=1)]
+    assert select_best(tie)["point"]["num_prompts"] == 200
     tie = [rec(0.1, 0.0, 50.0, style="b"), rec(0.1, 0.0, 50.0, style="a")]
-    assert select_best(tie)["point"]["style"] == "a"
-    tie = [rec(0.1, 0.0, 50.0, flag=True), rec(0.1, 0.0, 50.0, flag=2)]  # a bool is not a number here
-    assert select_best(tie)["point"]["flag"] == 2
+    assert select_best(tie)["point"]["style"] == "b"
+    tie = [rec(0.2, 0.0, 50.0, num_prompts=1), rec(0.1, 0.0, 50.0, num_prompts=200)]
+    assert select_best(tie)["point"] == {"lr": 0.1, "weight_decay": 0.0, "num_prompts": 200}  # lr still ranks first
     assert select_best([rec(0.1, 0.0, True), rec(0.2, 0.0, 0.5)])["point"]["lr"] == 0.2
     assert select_best([rec(0.1, 0.0, float("nan")), rec(0.2, 0.0, 0.5)])["point"]["lr"] == 0.2
 

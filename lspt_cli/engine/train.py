@@ -5,7 +5,11 @@
   seed, epoch): the data order comes from a generator seeded by (seed, epoch) and the global RNG
   is re-seeded per epoch, so a resumed run produces the same bundle as an uninterrupted one.
 - Ctrl-C writes a mid-epoch checkpoint (RNG state and position included) and exits 130.
-- A non-finite loss stops the run naming the epoch; the last good checkpoint stays intact.
+- A non-finite loss stops the run naming the epoch; the last good checkpoint stays intact. Under
+  protocol `paper` the run then ends as VPT's trainer ends it (src/engine/trainer.py:104-113,187-189:
+  return at the bad batch, keep the epochs evaluated so far): it finishes on the last finished
+  epoch, with `diverged` in summary.json, so a sweep's selection still compares it
+  (tune_vtab.py:54-61 reads whatever epochs eval_results.pth holds). Protocol `lspt` fails the run.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ from .evaluate import autocast, evaluate
 from .grad_watch import GradWatch, warn_dead
 from .totals import DeviceTotals
 
+
+
+class Diverged(TrainingError):
+    """A non-finite training loss in `epoch` (from 0) at `step` (from 0 in the epoch)."""
+
+    def __init__(self, message: str, hint: str, epoch: int, step: int, value: float):
+        super().__init__(message, hint=hint)
+        self.epoch, self.step, self.value = epoch, step, value
 
 
 class Interrupted(Exception):
@@ -388,6 +400,8 @@ class Trainer:
         cfg = self.cfg
         run = RunInfo(dir=self.run_dir, name=self.run_dir.name, config=self.config.to_json())
         start_epoch, position, best, running = 0, 0, {"top1": -1.0, "epoch": -1}, {}
+        last_good = None  # trainable tensors at the end of the last finished epoch (a diverged `paper` run ends there)
+        diverged = None
         if self.dist.is_main:  # temp files of atomic writes a kill interrupted (never read)
             for stale in self.run_dir.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
@@ -402,6 +416,7 @@ class Trainer:
                 raise TrainingError(f"{self.run_dir}: the backbone weights differ from the ones this run started with")
             restore_into(state, self.run_dir / CHECKPOINT_NAME, self.model, self.optimizer)
             start_epoch, position, best, running = state["epoch"], state["position"], state["best"], state["running"]
+            last_good = state["trainable"] if position == 0 and start_epoch > 0 else None
             if position:
                 restore_rng(state, self.device)
             self._trim_metrics(start_epoch)
@@ -420,7 +435,13 @@ class Trainer:
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 self.best = best
-                record = self._train_epoch(epoch, position, running)
+                try:
+                    record = self._train_epoch(epoch, position, running)
+                except Diverged as exc:
+                    if cfg.protocol != "paper" or last_good is None:
+                        raise  # `lspt`, or nothing finished to fall back on: the run fails
+                    diverged = self._end_diverged(exc, last_good)
+                    break
                 position, running = 0, {}
                 if self.watch_val:
                     val = self._evaluate("val")
@@ -432,7 +453,9 @@ class Trainer:
                 if self.dist.is_main:  # metrics first: a resume trims lines past its checkpoint
                     with _writing(self.run_dir, METRICS_NAME):
                         atomic.append_line(self.run_dir / METRICS_NAME, json.dumps(record))
-                self._write_checkpoint(self._checkpoint_state(epoch + 1, 0, best, None))
+                state = self._checkpoint_state(epoch + 1, 0, best, None)
+                self._write_checkpoint(state)
+                last_good = state["trainable"]
                 if self.host is not None:
                     self.host.emit("lspt_on_epoch_end", run=run, metrics=record)
                 loggers.log_epoch(record)
@@ -442,7 +465,7 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous_handler)
         try:
-            summary = self._finish(best, time.time() - started)
+            summary = self._finish(best, time.time() - started, diverged)
         except BaseException:
             loggers.close()
             raise
@@ -450,6 +473,16 @@ class Trainer:
         if self.host is not None:
             self.host.emit("lspt_on_run_end", run=run, summary=summary)
         return summary
+
+    def _end_diverged(self, exc: Diverged, last_good: dict) -> dict[str, Any]:
+        """Protocol `paper`: stop as VPT's trainer does at a NaN/inf loss and keep the epochs done.
+        The trainable state goes back to the end of the last finished epoch (its val is in
+        metrics.jsonl, its checkpoint on disk); the bad epoch's partial steps are dropped."""
+        self.model.load_trainable_state_dict(last_good)
+        done = exc.epoch
+        self.log(f"Warning: {exc.message}; protocol paper ends the run at epoch {done}, as VPT's trainer does "
+                 "(src/engine/trainer.py:104-113,187-189), and a sweep still compares it")
+        return {"epoch": exc.epoch + 1, "step": exc.step + 1, "loss": str(exc.value), "epochs_done": done}
 
     def _trim_metrics(self, epochs_done: int) -> None:
         """Drop metric lines of epochs the checkpoint does not cover (a kill between the two writes)."""
@@ -551,9 +584,9 @@ class Trainer:
         loss_sum, correct, bad = totals.read()
         if bad is not None:
             step, value = bad
-            raise TrainingError(
+            raise Diverged(
                 f"loss became {value} in epoch {epoch + 1} (step {step + 1}); training stopped",
-                hint=_nan_hint(self.run_dir, epoch),
+                hint=_nan_hint(self.run_dir, epoch), epoch=epoch, step=step, value=value,
             )
         return loss_sum, correct, totals.seen
 
@@ -569,15 +602,16 @@ class Trainer:
         loader = self.loader(split, train=False)
         return evaluate(self.model, loader, self.device, self.num_classes, amp=self.amp)
 
-    def _finish(self, best: dict, seconds: float) -> dict[str, Any]:
-        """Evaluate test on the state the protocol's rule reports (selection.py): best val or the last epoch."""
+    def _finish(self, best: dict, seconds: float, diverged: dict | None = None) -> dict[str, Any]:
+        """Evaluate test on the state the protocol's rule reports (selection.py): best val or the last
+        epoch (of a diverged `paper` run: the last one finished)."""
         report = self.rule.report(self.config.final)
         if report == BEST_VAL and (self.run_dir / BEST_NAME).exists():
             selected = bundle.load(self.run_dir / BEST_NAME)
             self.model.load_trainable_state_dict(selected.tensors)
             selected_epoch = best["epoch"] + 1
         else:
-            selected_epoch = self.cfg.epochs
+            selected_epoch = diverged["epochs_done"] if diverged else self.cfg.epochs
         curve = val_curve(self.run_dir) if self.watch_val else []
         test = self._evaluate("test")
         records = schema.metrics_records(self.run_dir / METRICS_NAME) if self.dist.is_main else []
@@ -611,6 +645,7 @@ class Trainer:
             "images_per_s": records[-1]["images_per_s"] if records else None,
             **self.speed,  # feature_cache, compile_seconds (not part of `seconds`): README "Performance"
             **({"dead_tensors": records[0]["dead_tensors"]} if records and records[0].get("dead_tensors") else {}),
+            **({"diverged": diverged} if diverged else {}),  # epoch, step, loss, epochs_done
         }
         if self.dist.is_main:
             meta = bundle.make_metadata(metrics=metrics, **self.state_meta)

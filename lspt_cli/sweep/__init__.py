@@ -6,9 +6,10 @@
 2. **Selection** per task: the highest val top-1 over the finished grid trials, where a trial's
    val top-1 is the one the protocol's rule names (lspt_cli/selection.py, README "Protocol"): under
    `paper`, VTAB compares the val top-1 of each trial's *last* epoch (VPT's tune_vtab.py), FGVC the
-   best epoch's; under `lspt` the best epoch's everywhere. Ties go to the smaller lr, then the smaller
-   weight decay, then the smaller value of every other grid key in name order. Failed trials are
-   ignored (and reported).
+   best epoch's; under `lspt` the best epoch's everywhere. Ties go to the smaller lr (tune_vtab.py:63-71),
+   then the smaller weight decay, then the trial planned first (other grid keys are not ranked).
+   Failed trials are ignored (and reported); a `paper` trial whose loss diverged finished on its
+   last good epoch and competes, as officially (lspt_cli/selection.py).
 3. **Final runs**: the selected point once per seed, as `lspt tune --final` (train+val, except FGVC
    under `paper`: train, test at the best val epoch). `lspt report` averages their test top-1.
 

@@ -168,7 +168,7 @@ def trial_name(point: dict[str, Any], seed: int, final: bool) -> str:
 
 
 def ordered_point(point: dict[str, Any]) -> list[tuple[str, Any]]:
-    """lr first, then weight decay, then the other keys by name (also the tie-break order)."""
+    """lr first, then weight decay, then the other keys by name (names and the plan's order)."""
     first = [k for k in ("lr", "weight_decay") if k in point]
     return [(k, point[k]) for k in first + sorted(k for k in point if k not in first)]
 
@@ -374,18 +374,22 @@ def _tie_value(value: Any) -> tuple:
 
 
 def selection_key(record: dict[str, Any], key: str = "val_top1") -> tuple:
-    """Sort key: best val top-1 first; ties -> smaller lr, then smaller wd, then other keys by name."""
+    """Sort key: best val top-1 first; ties -> smaller lr (KMnP/vpt tune_vtab.py:63-71, "the smallest
+    lr to break tie for stability"), then smaller wd (lspt's: for one lr the official winner is
+    whichever file glob lists first). Other grid keys are not compared: on a tie `select_best` keeps
+    the trial planned first, so `--grid num_prompts=200,100` prefers 200 and no value is favoured
+    for being small."""
     point = record.get("point") or {}
-    return (-float(record[key]),) + tuple(_tie_value(v) for _, v in ordered_point(point))
+    return (-float(record[key]),) + tuple(_tie_value(point[k]) for k in ("lr", "weight_decay") if k in point)
 
 
 def select_best(records: list[dict[str, Any]], key: str = "val_top1") -> dict[str, Any] | None:
-    """The selected grid trial among finished ones (records with a numeric `key`), or None."""
+    """The selected grid trial among finished ones (records with a numeric `key`, in plan order), or None."""
     done = [r for r in records if r.get("status") == "finished" and isinstance(r.get(key), (int, float))
             and not isinstance(r.get(key), bool) and not math.isnan(r[key])]
     if not done:
         return None
-    return min(done, key=lambda r: selection_key(r, key))
+    return min(done, key=lambda r: selection_key(r, key))  # min keeps the first of equal keys
 
 
 def select_trial(records: list[dict[str, Any]], select_by: str) -> dict[str, Any] | None:

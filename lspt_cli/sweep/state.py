@@ -105,5 +105,7 @@ def fill_metrics(record: dict[str, Any], summary: dict[str, Any]) -> dict[str, A
         epochs=summary.get("epochs"),
         seconds=summary.get("seconds"),
     )
+    if summary.get("diverged"):  # a `paper` run that stopped at a NaN loss and still competes (selection.py)
+        record["diverged"] = summary["diverged"]
     return record
 
