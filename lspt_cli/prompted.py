@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .backbone import BackboneDims, FrozenBackbone, canonical_readout
 
-__all__ = ["BackboneDims", "PromptStrategy", "PromptedViT", "build_model"]
+__all__ = ["BackboneDims", "PromptStrategy", "PromptedViT", "build_model", "forward_mixed", "forward_shared"]
 
 
 class PromptStrategy(nn.Module):
@@ -249,15 +249,42 @@ def forward_shared(models: list[PromptedViT], images: torch.Tensor) -> list[torc
     same length are concatenated along the batch and go through the frozen block together (per-
     sample q scales keep each model's attention temperature). Equals `[m(images) for m in models]`.
     """
+    backbone = _shared_backbone(models)
+    embedded = backbone.embed(images)
+    return _forward_grouped(backbone, models, [embedded for _ in models])
+
+
+def forward_mixed(models: list[PromptedViT], images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Logits of several bundles on one backbone, each on ITS OWN images, in one pass per block.
+
+    `images[k]` ([B_k, C, H, W], B_k may differ) goes through `models[k]`. All images share one patch
+    embedding; at every block the token tensors of all models with the same token count (same
+    number of prompt slots: every linear probe, all tasks of one family and prompt length, any two
+    strategies that happen to agree) are concatenated along the batch and go through the frozen
+    block together, each sample with its own model's q scale (attention temperature). Strategy hooks
+    and heads run per model on that model's slice. Equals `[m(x) for m, x in zip(models, images)]`
+    up to floating-point reassociation (`lspt serve`'s cross-task batching).
+    """
+    backbone = _shared_backbone(models)
+    if len(images) != len(models):
+        raise ValueError("forward_mixed needs one image batch per model")
+    sizes = [int(x.shape[0]) for x in images]
+    embedded = backbone.embed(torch.cat(list(images), dim=0))
+    return _forward_grouped(backbone, models, list(embedded.split(sizes, dim=0)))
+
+
+def _shared_backbone(models: list[PromptedViT]) -> FrozenBackbone:
     backbone = models[0].backbone
     if any(m.backbone is not backbone for m in models):
-        raise ValueError("forward_shared needs models that share one backbone object")
-    batch = images.shape[0]
-    embedded = backbone.embed(images)
-    states = [checked_state(m.strategy, m.strategy.start(embedded)) for m in models]
-    xs = [embedded for _ in models]
+        raise ValueError("models must share one backbone object")
+    return backbone
+
+
+def _forward_grouped(backbone: FrozenBackbone, models: list[PromptedViT], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The block loop of forward_shared/forward_mixed: xs[k] are models[k]'s embedded tokens."""
+    states = [checked_state(m.strategy, m.strategy.start(x)) for m, x in zip(models, xs)]
     scales_per_model = [m.strategy.attention_scales() for m in models]
-    ones = embedded.new_ones(())
+    ones = xs[0].new_ones(())
     try:
         for index, block in enumerate(backbone.blocks):
             xs = [m.strategy.before_block(index, x, s) for m, x, s in zip(models, xs, states)]
@@ -270,12 +297,15 @@ def forward_shared(models: list[PromptedViT], images: torch.Tensor) -> list[torc
                     (scales_per_model[k][index] if scales_per_model[k] is not None and scales_per_model[k][index] is not None else ones)
                     for k in members
                 ]
-                scale = torch.cat([s.reshape(1).expand(batch) for s in per_model]).view(-1, 1, 1, 1)
-                scales = [None] * len(backbone.blocks)
-                scales[index] = scale
-                backbone.set_q_scales(scales)
-                joint = block(torch.cat([xs[k] for k in members], dim=0))
-                for k, part in zip(members, joint.split(batch, dim=0)):
+                if all(s is ones for s in per_model):
+                    backbone.set_q_scales(None)  # plain attention for the whole group (linear probes, VPT)
+                else:
+                    scale = torch.cat([s.reshape(1).expand(xs[k].shape[0]) for s, k in zip(per_model, members)]).view(-1, 1, 1, 1)
+                    scales = [None] * len(backbone.blocks)
+                    scales[index] = scale
+                    backbone.set_q_scales(scales)
+                joint = block(torch.cat([xs[k] for k in members], dim=0)) if len(members) > 1 else block(xs[members[0]])
+                for k, part in zip(members, joint.split([xs[k].shape[0] for k in members], dim=0)):
                     outputs[k] = part
             xs = [m.strategy.after_block(index, x, s) for m, x, s in zip(models, outputs, states)]
     finally:

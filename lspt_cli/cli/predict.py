@@ -35,8 +35,7 @@ def predict_images(bundle_paths, image_paths, *, top_k=5, weights=None, allow_ba
     import torch
 
     from ..data.images import load_image
-    from ..data.transforms import build_transform
-    from ..engine.restore import model_from_bundle
+    from ..engine.restore import eval_transform, model_from_bundle, top_predictions, transform_key
     from ..engine.train import resolve_device
     from ..prompted import forward_shared
 
@@ -48,30 +47,21 @@ def predict_images(bundle_paths, image_paths, *, top_k=5, weights=None, allow_ba
         backbone = backbone or model.backbone
         models.append(model.to(dev))
         headers.append(header)
-    data_cfg = backbone.data_config
     # Eval transforms differ by benchmark family and the recorded style (VTAB: TF1 resize under protocol
     # paper, PIL's under lspt; none recorded: the benchmark's `lspt` one); group bundles by both.
-    families = {(h.task.get("benchmark", "custom"), h.task.get("style") or "") for h in headers}
+    families = {transform_key(h.task) for h in headers}
     results: dict[str, dict[str, list]] = {str(p): {} for p in bundle_paths}
-    for benchmark, style in sorted(families):
-        members = [i for i, h in enumerate(headers)
-                   if (h.task.get("benchmark", "custom"), h.task.get("style") or "") == (benchmark, style)]
-        transform = build_transform(benchmark, int(data_cfg["input_size"][-1]), data_cfg["mean"], data_cfg["std"],
-                                    train=False, style=style or None)
+    for family in sorted(families):
+        members = [i for i, h in enumerate(headers) if transform_key(h.task) == family]
+        transform = eval_transform(headers[members[0]].task, backbone)
         for start in range(0, len(image_paths), batch_size):
             chunk = image_paths[start : start + batch_size]
             images = torch.stack([transform(load_image(p)) for p in chunk]).to(dev)
             with torch.no_grad():
                 logits = forward_shared([models[i] for i in members], images)
             for i, lg in zip(members, logits):
-                probs = lg.float().softmax(dim=1).cpu()
-                classes = headers[i].task["classes"]
-                k = min(top_k, len(classes))
-                values, indices = probs.topk(k, dim=1)
-                for p, v, ix in zip(chunk, values.tolist(), indices.tolist()):
-                    results[str(bundle_paths[i])][str(p)] = [
-                        {"label": classes[j], "index": j, "probability": round(prob, 6)} for prob, j in zip(v, ix)
-                    ]
+                for p, preds in zip(chunk, top_predictions(lg, headers[i].task["classes"], top_k)):
+                    results[str(bundle_paths[i])][str(p)] = preds
     return results
 
 

@@ -64,34 +64,61 @@ MAX_PIXELS = 89_478_485  # PIL's default limit (about 0.25 GiB of RGB); images a
 
 def load_image(path: str | os.PathLike):
     """Open, fully decode and convert to RGB; DataError naming the path on any failure."""
-    from PIL import UnidentifiedImageError
-
-    Image = _pil()
     path = Path(path)
     if path.is_dir():
         raise DataError(f"image path is a directory, not an image file: {path}")
     fh = atomic.open_regular(path, "image file", DataError)  # a FIFO or device: DataError, never a hang
     try:
+        return _decode(fh, str(path), "resize it, or remove it from the dataset")
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except _Undecodable as exc:
+        size = path.stat().st_size if path.exists() else -1
+        what = "empty (0 bytes)" if size == 0 else f"corrupt or truncated ({exc})"
+        raise DataError(f"cannot decode image {path}: {what}") from None
+
+
+def decode_image(data: bytes, label: str = "image", max_pixels: int | None = None):
+    """`load_image` for bytes in memory (`lspt serve`'s uploads): RGB PIL image or a one-line DataError.
+    `max_pixels` (default PIL's limit) is checked from the header, before anything is decoded."""
+    import io
+
+    if not data:
+        raise DataError(f"cannot decode {label}: empty (0 bytes)")
+    try:
+        return _decode(io.BytesIO(data), label, "send a smaller image", max_pixels)
+    except _Undecodable as exc:
+        raise DataError(f"cannot decode {label}: corrupt, truncated or not an image ({exc})") from None
+
+
+class _Undecodable(Exception):
+    pass
+
+
+def _decode(fh, label: str, hint: str, max_pixels: int | None = None):
+    from PIL import UnidentifiedImageError
+
+    Image = _pil()
+    limit = MAX_PIXELS if max_pixels is None else min(int(max_pixels), MAX_PIXELS)
+    try:
         with fh, Image.open(fh) as img:  # reads the header only
             width, height = img.size
-            if width * height > MAX_PIXELS:
+            if width * height > limit:
                 raise DataError(
-                    f"image {path} is too large to decode safely ({width}x{height} = {width * height:,} pixels, "
-                    f"more than {MAX_PIXELS:,}: a possible decompression bomb)",
-                    hint="resize it, or remove it from the dataset",
+                    f"image {label} is too large to decode safely ({width}x{height} = {width * height:,} pixels, "
+                    f"more than {limit:,}: a possible decompression bomb)",
+                    hint=hint,
                 )
             img.load()
             rgb = to_rgb(img)
             if rgb is img:
                 rgb = img.copy()
     except MemoryError:
-        raise DataError(f"image {path} does not fit in memory when decoded") from None
+        raise DataError(f"image {label} does not fit in memory when decoded") from None
     except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        size = path.stat().st_size if path.exists() else -1
-        what = "empty (0 bytes)" if size == 0 else f"corrupt or truncated ({type(exc).__name__}: {exc})"
-        raise DataError(f"cannot decode image {path}: {what}") from None
+        raise _Undecodable(f"{type(exc).__name__}: {exc}") from None
     return rgb
 
 

@@ -45,3 +45,30 @@ def model_from_bundle(path, *, weights=None, allow_backbone_mismatch: bool = Fal
     model.load_trainable_state_dict(loaded.tensors)
     model.eval()
     return model, header
+
+
+def eval_transform(task: dict, backbone):
+    """The eval pipeline (RGB PIL image -> normalised CHW float tensor) a bundle was trained and
+    selected with (`task`: the bundle's `lspt.task` metadata): its benchmark family's resize/crop and recorded style, the backbone's input size
+    and normalisation. `lspt predict`, `lspt serve` and `lspt.load(...).predict` all use it."""
+    from ..data.transforms import build_transform
+
+    benchmark, style = transform_key(task)
+    data_cfg = backbone.data_config
+    return build_transform(benchmark, int(data_cfg["input_size"][-1]), data_cfg["mean"], data_cfg["std"],
+                           train=False, style=style or None)
+
+
+def transform_key(task: dict) -> tuple[str, str]:
+    """(benchmark, style) of a bundle's `lspt.task` metadata: bundles with equal keys on one backbone
+    preprocess images identically."""
+    return task.get("benchmark", "custom"), task.get("style") or ""
+
+
+def top_predictions(logits, classes, top_k: int) -> list[list[dict]]:
+    """Logits [B, C] -> per image the top-k {"label", "index", "probability"} (predict, serve, the API)."""
+    probs = logits.float().softmax(dim=1).cpu()
+    k = min(top_k, len(classes))
+    values, indices = probs.topk(k, dim=1)
+    return [[{"label": classes[j], "index": j, "probability": round(prob, 6)} for prob, j in zip(v, ix)]
+            for v, ix in zip(values.tolist(), indices.tolist())]
