@@ -89,7 +89,7 @@ class FrozenBackbone(nn.Module):
         return m.norm_pre(x)
 
     def read_out(self, x: torch.Tensor, readout: str | None = None) -> torch.Tensor:
-        """Final tokens -> one feature vector per image (DESIGN.md section 4, Readout).
+        """Final tokens -> one feature vector per image (docs/backbones.md, readouts).
 
         - "cls": the pre-trained final `norm`, then the CLS token.
         - "mean-norm": the mean of every token after the prefix (prompts included), then the
@@ -125,7 +125,7 @@ class FrozenBackbone(nn.Module):
     # -- identity ----------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
-        """sha256 over the state dict's tensors, cached per weights file (DESIGN.md section 5)."""
+        """sha256 over the state dict's tensors, cached per weights file (docs/backbones.md, "Fingerprint")."""
         if self._fingerprint is None:
             self._fingerprint = cached_fingerprint(self.model, self.weights_file)
         return self._fingerprint

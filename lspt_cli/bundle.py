@@ -1,7 +1,7 @@
 """Prompt bundles: one self-describing `.safetensors` file per (task, strategy, backbone).
 
 A bundle holds the strategy's tensors (`strategy.*`) and the head (`head.*`), never the backbone,
-plus string metadata (nested values JSON-encoded; DESIGN.md section 8). The header is validated
+plus string metadata (nested values JSON-encoded; `make_metadata` below lists the keys). The header is validated
 by hand before safetensors sees the file, so a truncated, corrupt or foreign file is a clear
 BundleError, and nothing is ever unpickled.
 """
@@ -193,7 +193,7 @@ def make_metadata(
     created_at: str | None = None,
     protocol: str | None = None,
 ) -> dict[str, str]:
-    """Build the str -> str metadata of DESIGN.md section 8."""
+    """Build a bundle's str -> str metadata (its keys are this function's)."""
     from . import __version__
 
     versions = {"lspt": __version__}

@@ -1,6 +1,6 @@
 """lspt's own error types: every known failure is one of these, printed as one `Error:` line.
 
-The CLI turns them into a message, an optional hint and an exit code (DESIGN.md section 9);
+The CLI turns them into a message, an optional hint and an exit code (docs/architecture.md, "Conventions");
 anything else is a bug: the CLI's error boundary (lspt_cli/cli/__init__.py) prints it as one
 `Error: internal error: <type>: <message>` line (naming the plugin when plugin code raised it) and
 `LSPT_DEBUG=1` shows its traceback.

@@ -1,7 +1,7 @@
 """The prompted-ViT runner: a frozen backbone + a prompt strategy + a linear head.
 
 The runner owns the loop over timm's blocks; a strategy only says what happens to the tokens
-before and after each block (DESIGN.md section 3). Prompt tokens sit after the prefix tokens
+before and after each block (docs/architecture.md, "The prompted ViT"). Prompt tokens sit after the prefix tokens
 (CLS and registers) and before the patches, without position embeddings.
 """
 

@@ -7,7 +7,7 @@
 - VTAB-1k: the 19 tasks, the Natural (7) / Specialized (4) / Structured (8) group means, and both
   overall conventions, labelled: the mean of the three group means (VPT, GaPT) and the mean over
   the 19 tasks (NOAH and most later PETL papers).
-- The papers' reference numbers (DESIGN.md section 7) side by side, with lspt - paper.
+- The papers' reference numbers (GaPT's paper, arXiv 2306.05067, its FGVC and VTAB-1k tables) side by side, with lspt - paper.
 - Every other task (digits, your imagefolder data) goes to a plain "other tasks" table.
 - Every row is labelled with the protocol its runs trained under (`paper` | `lspt`, README
   "Protocol"; a run from before protocols existed counts as `lspt`). Runs of different protocols
@@ -45,7 +45,7 @@ VTAB_ALIASES = {"cifar100": "cifar"}
 LEGACY_PROTOCOL = "lspt"  # runs from before the protocol switch trained what `lspt` trains today
 
 # Top-1 % on ViT-B/16 as the papers report them (VPT: Jia et al. 2022; GaPT: Yoo et al. 2023),
-# DESIGN.md section 7. Keys: (backbone, strategy) -> metric -> value.
+# as GaPT's paper (arXiv 2306.05067) tabulates them for FGVC and VTAB-1k. Keys: (backbone, strategy) -> metric -> value.
 REFERENCE: dict[tuple[str, str], dict[str, float]] = {
     ("mae-vitb", "vpt-shallow"): {"fgvc_mean": 57.84, "natural": 39.96, "specialized": 69.65, "structured": 27.50},
     ("mae-vitb", "vpt-deep"): {"fgvc_mean": 72.02, "natural": 36.02, "specialized": 60.61, "structured": 26.57},

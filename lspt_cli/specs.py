@@ -66,7 +66,7 @@ class BackboneSpec:
     name: str
     description: str
     factory: Factory
-    readout: str = "cls"  # the default readout, a key of READOUTS (DESIGN.md section 4, Readout)
+    readout: str = "cls"  # the default readout, a key of READOUTS (docs/backbones.md, readouts)
     embed_dim: int = 768
     depth: int = 12
     num_prefix_tokens: int = 1

@@ -1,4 +1,4 @@
-"""Reading weights files safely and loading them strictly (DESIGN.md sections 5 and 10).
+"""Reading weights files safely and loading them strictly (docs/backbones.md; docs/guarantees.md: lspt never unpickles code).
 
 - `read_checkpoint(path)`: a file -> its top-level object. safetensors through
   `safetensors.torch.load_file`; anything else (`.pth`, `.pth.tar`, `.tar`, `.pt`, `.bin`, ...)

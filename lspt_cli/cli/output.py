@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: stdout for results only, stderr for everything else (DESIGN.md section 9).
+"""Shared CLI plumbing: stdout for results only, stderr for everything else (docs/architecture.md, "Conventions").
 
 Every command prints through these helpers: `safe()` for any string that came from a file
 (markup escaped, control characters shown as escapes), `print_json()` for strict JSON (NaN and

@@ -15,7 +15,7 @@ from ..errors import LsptError, UsageError
 from ..rundir import CHECKPOINT_NAME, CONFIG_NAME, RUN_FILES, SUMMARY_NAME
 from ..selection import BEST_VAL, Rule, rule_for, selection_value
 
-DEFAULT_SEEDS = (42, 44, 82, 100, 800)  # DESIGN.md section 7
+DEFAULT_SEEDS = (42, 44, 82, 100, 800)  # VPT's final-run seeds: KMnP/vpt@4410440 tune_vtab.py:284
 GRID_ALIASES = {"wd": "weight_decay", "weight-decay": "weight_decay"}
 # TrainConfig keys `lspt tune` has a flag for (a grid over them must be expressible as a command).
 TRAIN_FLAGS = {

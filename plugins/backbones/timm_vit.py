@@ -1,6 +1,6 @@
 """The built-in timm ViT backbones: factories `load_<name>(weights) -> FrozenBackbone`.
 
-Weights resolve in this order (README "Backbones", DESIGN.md section 5):
+Weights resolve in this order (docs/backbones.md):
 
 1. `weights` (the `--weights FILE` flag): converted from the official layout, then strict-loaded.
 2. The local caches, never the network: `<lspt cache>/weights/<official file name>`, the Hugging

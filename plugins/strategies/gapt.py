@@ -2,7 +2,8 @@
 Vision Transformers", ICML 2023, arXiv:2306.05067).
 
 VPT-shallow's Np prompts P are inserted once, before block 1. After each block l = 1..L-1 a learned
-gate decides how much of that block's prompt output to keep (DESIGN.md section 4):
+gate decides how much of that block's prompt output to keep (GatedPromptTuning@dd7d1ea
+src/models/vit_prompt/vit_mae.py:60-63,139-153):
 
     g_l   = sigmoid(gamma_l),  gamma_l initialised to -gate_init
     Z_P^l = g_l * (prompt outputs of block l) + (1 - g_l) * (prompt inputs of block l)

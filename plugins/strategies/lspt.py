@@ -6,10 +6,10 @@ attention temperature) and adds two codings of the prompts between blocks.
 
 The paper's exact equations were not available to lspt, and no official code is published: the
 paper states the ideas (a global spatial coding and a long-term LSTM memory of the prompts) but not
-every equation or hyper-parameter. What follows is lspt's formulation (DESIGN.md section 4), not
+every equation or hyper-parameter. What follows is lspt's formulation (docs/strategies.md), not
 the authors'; each concrete choice (adding the mean patch token after the gate, one LSTMCell shared
 by all blocks, its bottleneck r, the zero-initialised W_out) is lspt's. Training settings the paper is silent on are
-GaPT's (the lspt-* recipes inherit GaPT's run.sh and per-task values; README "Protocol", item 14).
+GaPT's (the lspt-* recipes inherit GaPT's run.sh and per-task values; docs/protocol.md, item 14).
 
 After block l, for l = 1..L-1 (the last block's prompt outputs are not carried on, as in GaPT):
 
@@ -24,15 +24,15 @@ After block l, for l = 1..L-1 (the last block's prompt outputs are not carried o
 - Long-term prompt coding (`memory = "lstm"`): ONE LSTM cell shared by all blocks, the block index
   playing the role of time, run independently per prompt token (vectorised over batch * prompts).
   It works in a bottleneck of `lstm_dim` r (64): W_in (D -> r) and W_out (r -> D), both without bias
-  (the LSTM cell's own biases cover W_in's; DESIGN writes S + W_out h without one). W_out starts at
+  (the LSTM cell's own biases cover W_in's; the update is S + W_out h without one). W_out starts at
   zero, so an untrained LSPT computes exactly GaPT + GSPC and learns how much memory to use.
   `memory = "none"`: no LSTM and no parameters for it.
 
-Decisions where DESIGN.md leaves room (documented here, reported to the integrator):
+Decisions lspt made where its formulation leaves room:
 - The memory runs on the blocks 1..L-1 whose prompts feed a next block (L - 1 steps); h^l is not
   computed after the last block, whose prompt outputs nobody reads.
 - With spatial = "mean" and nearly closed gates, the prompt inputs accumulate the mean patch tokens
-  of all earlier blocks (S^l ~ S^{l-1} + mean patch^l); this is DESIGN's formulation taken literally.
+  of all earlier blocks (S^l ~ S^{l-1} + mean patch^l); this is lspt's formulation taken literally.
 
 Trainable: prompts (Np * D), gamma (L - 1), tau (L, if temperature), and with memory = "lstm"
 W_in (D * r) + LSTMCell (8 r^2 + 8 r) + W_out (r * D); plus the head.
