@@ -44,7 +44,7 @@ ROOT/  (Stanford Cars: cars_train.tgz, cars_test.tgz, car_devkit.tgz, cars_test_
 VTAB_TASK = """\
 ROOT/  (one VTAB-1k task folder, e.g. vtab-1k/{task}/, as NOAH's generator writes it)
   train800.txt  val200.txt  train800val200.txt  test.txt
-      one line per image: images/<split>/000123.jpg <label, 0-based>
+      one line per image: images/<split>/000123.jpg <label, 0-based>  (.png too: lossless)
   images/..."""
 
 VTAB = """\
@@ -52,7 +52,9 @@ ROOT/  (vtab-1k/: one folder per task, as NOAH's generator writes them)
   cifar/ (or cifar100/)  caltech101/  dtd/  oxford_flowers102/  oxford_iiit_pet/  svhn/  sun397/
   patch_camelyon/  eurosat/  resisc45/  diabetic_retinopathy/
   clevr_count/  clevr_dist/  dmlab/  kitti/  dsprites_loc/  dsprites_ori/  smallnorb_azi/  smallnorb_ele/
-  each: train800.txt val200.txt train800val200.txt test.txt (lines `images/<split>/000123.jpg <label>`)"""
+  each: train800.txt val200.txt train800val200.txt test.txt (lines `images/<split>/000123.jpg <label>`)
+  NOAH's JPEGs are re-encoded (quality 75); for VPT's exact TFDS pixels write PNG files in the same
+  layout with scripts/vtab_from_tfds.py"""
 
 IMAGEFOLDER = """\
 ROOT/

@@ -4,6 +4,11 @@
 or a vtab-1k folder holding it under one of its accepted names (layouts.VTAB_TASKS, e.g. `cifar`
 or `cifar100`). Splits are the files as given: train800 / val200 / train800val200 / test.
 Classes: the task's official count, named "0".."K-1"; a label >= K is an error.
+
+Pixels: NOAH's files are JPEGs re-encoded at quality 75, while VPT resizes the decoded TFDS tensors
+(KMnP/vpt src/data/datasets/tf_dataset.py:148-152). The same layout with lossless PNG files, as
+scripts/vtab_from_tfds.py writes it from TFDS through VPT's own split definitions, gives protocol
+`paper` VPT's exact pixels (tests/test_vtab_lossless.py). Nothing here depends on the extension.
 """
 
 from __future__ import annotations
