@@ -10,6 +10,7 @@ BUILTIN_COMMAND_MODULES = (
     "eval_cmd",
     "export_cmd",
     "predict",
+    "serve",
     "inspect_cmd",
     "list_cmd",
     "plugins_cmd",
