@@ -283,6 +283,7 @@ def wrap(timm_model: nn.Module, strategy: str = "vpt-deep", num_classes: int | N
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UsageError(f"wrap() needs num_classes, an integer >= 1; got {num_classes!r}")
     host = get_host()
+    spec = None
     if backbone is not None:
         spec = host.backbones.get(backbone)  # unknown name: a one-line error listing the known ones
         readout = readout or spec.readout
@@ -296,6 +297,11 @@ def wrap(timm_model: nn.Module, strategy: str = "vpt-deep", num_classes: int | N
         timm_model.reset_classifier(0)
     frozen = FrozenBackbone(timm_model, name=name, readout=readout, source="lspt.wrap",
                             weights_file=Path(weights) if weights is not None else None)
+    if spec is not None:  # the registered normalisation, as the backbone's factory applies it (timm's may differ)
+        for key in ("mean", "std", "interpolation"):
+            value = getattr(spec, key, None)
+            if value is not None:
+                frozen.data_config[key] = list(value) if isinstance(value, tuple) else value
     prompts = build_strategy(strategy, frozen.dims, options, host=host)
     model = PromptedViT(frozen, prompts, num_classes, head_init=head_init, readout=readout)
     device = _device_of(timm_model)
