@@ -19,7 +19,8 @@ A recipe file:
 
 Resolution order (highest first): CLI flags > `--recipe FILE` > the best-matching registered
 recipe for (strategy, backbone, benchmark) > the protocol's defaults (PROTOCOL_DEFAULTS, for the
-`protocol` those layers name; `paper` if none does) > TrainConfig defaults.
+`protocol` those layers name; `paper` if none does) > TrainConfig defaults. Which keys exist, their
+types, bounds and defaults: lspt_cli/settings.py.
 """
 
 from __future__ import annotations
@@ -27,111 +28,16 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .loggers import NAMES_FORM
-from .specs import READOUTS, RecipeSpec
-from .validate import check_options, check_train
+from .settings import PROTOCOL_DEFAULTS, PROTOCOLS, TrainConfig, check_flags, coerce_train_values, one_of
+from .specs import RecipeSpec
 
 RECIPE_KEYS = {"description", "match", "train", "strategy", "tasks", "grid"}
 MATCH_KEYS = {"strategy", "backbone", "benchmark", "task"}
-
-
-PROTOCOLS = ("paper", "lspt")
-# The knobs a protocol sets when no recipe and no flag gives them (README "Protocol"): `paper` is
-# what the official VPT/GaPT code does, `lspt` is lspt's own training improvements.
-PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "paper": {"grad_clip": 0.0, "amp": "off", "schedule": "per-epoch", "head_init": "kaiming", "ddp_batch": "split"},
-    "lspt": {"grad_clip": 1.0, "amp": "auto", "schedule": "per-step", "head_init": "normal", "ddp_batch": "per-rank"},
-}
-CHOICES = {  # TrainConfig's string keys and their values
-    "protocol": PROTOCOLS,
-    "optimizer": ("sgd", "adamw"),
-    "lr_scaling": ("none", "batch/256"),
-    "amp": ("auto", "bf16", "off"),
-    "schedule": ("per-epoch", "per-step"),
-    "head_init": ("kaiming", "normal"),
-    "ddp_batch": ("split", "per-rank"),
-    "readout": ("", *READOUTS),
-    "feature_cache": ("auto", "on", "off"),
-}
-
-
-def _one_of(allowed) -> str:
-    quoted = [f"'{a}'" for a in allowed]
-    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
-
-
-@dataclass
-class TrainConfig:
-    """Every training knob of `lspt tune`; the defaults are the `paper` protocol's (DESIGN.md section 7)."""
-
-    protocol: str = "paper"  # "paper" | "lspt": sets the defaults of PROTOCOL_DEFAULTS' keys
-    epochs: int = 100
-    warmup_epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "sgd"  # "sgd" | "adamw"
-    lr: float = 0.1
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    lr_scaling: str = "none"  # "none" | "batch/256": the lr trained is lr, or lr * batch_size / 256 (VPT's scripts)
-    grad_clip: float = 0.0  # max global grad norm; 0 disables
-    amp: str = "off"  # "auto" (bf16 on GPU) | "bf16" | "off"
-    schedule: str = "per-epoch"  # "per-epoch" (VPT/GaPT's LambdaLR, stepped once per epoch) | "per-step"
-    head_init: str = "kaiming"  # "kaiming" (VPT/GaPT: kaiming_normal fan_out, bias -log(99)) | "normal" (N(0, 0.01^2), bias 0)
-    ddp_batch: str = "split"  # multi-GPU: "split" batch_size over the ranks (VPT) | "per-rank" batch_size on every rank
-    readout: str = ""  # "" = the backbone's default | a key of specs.READOUTS ("mean-ln": VPT's MAE, "mean-norm": GaPT's)
-    seed: int = 42
-    num_workers: int = 0
-    eval_batch_size: int = 0  # 0 = same as batch_size
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (one per core)
-    loggers: str = ""  # experiment trackers, comma-separated (`--log tensorboard,mlflow`; lspt_cli/loggers.py)
-    augment: bool = True  # False: train on the eval transform (deterministic; FGVC crop/flip off)
-    # speed (README "Performance"): these change what a run computes by fp rounding at most
-    # (feature_cache "on" with augmentation excepted: see lspt_cli/engine/feature_cache.py)
-    compile: bool = False  # torch.compile the prompted forward (eager where compilation is unavailable)
-    grad_checkpointing: bool = False  # recompute each frozen block in backward: less memory, more time
-    feature_cache: str = "auto"  # linear probe: "auto" (when exact) | "on" | "off"
-
-    def validate(self, where: str = "config") -> "TrainConfig":
-        check_train(self, where)  # every number finite and in range, the device well-formed (validate.py)
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{where}: '{name}' must be {_one_of(allowed)}, got {getattr(self, name)!r}")
-        if not NAMES_FORM.fullmatch(self.loggers):
-            raise ConfigError(f"{where}: 'loggers' must be logger names separated by commas (lspt list loggers), "
-                              f"got {self.loggers!r}")
-        return self
-
-    @property
-    def scaled_lr(self) -> float:
-        """The lr the schedule starts from: VPT's tune scripts multiply by batch/256 (tune_fgvc.py:31)."""
-        return self.lr * self.batch_size / 256 if self.lr_scaling == "batch/256" else self.lr
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-
-def coerce_train_values(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Check names and types of TrainConfig values (ints are accepted where floats are expected)."""
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    out = {}
-    for key, value in values.items():
-        if key not in types:
-            raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(TrainConfig.keys())}")
-        expected = types[key]
-        if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        ok = {"int": int, "float": float, "str": str, "bool": bool}[expected]
-        if (isinstance(value, bool) and expected != "bool") or not isinstance(value, ok):
-            raise ConfigError(f"{where}: '{key}' must be {expected}, got {type(value).__name__} {value!r}")
-        out[key] = value
-    return out
 
 
 def parse_recipe_text(text: str, where: str) -> dict[str, Any]:
@@ -291,12 +197,12 @@ def resolve_config(
         train.update(t), strat.update(s), grid.update(data.get("grid", {}))
         used.append(str(recipe_file))
     cli_values = coerce_train_values(train_overrides or {}, "command line")
-    check_options(cli_values)  # a bad flag is named as such: "--lr: must be a finite number ..."
+    check_flags(cli_values)  # a bad flag is named as such: "--lr: must be a finite number ..."
     train.update(cli_values)
     strat.update(strategy_overrides or {})
     protocol = train.get("protocol", TrainConfig.protocol)
     if protocol not in PROTOCOLS:
-        raise ConfigError(f"'protocol' must be {_one_of(PROTOCOLS)}, got {protocol!r}")
+        raise ConfigError(f"'protocol' must be {one_of(PROTOCOLS)}, got {protocol!r}")
     config = TrainConfig(**{**PROTOCOL_DEFAULTS[protocol], **train}).validate()  # explicit values win
     return ResolvedConfig(
         backbone=backbone, strategy=strategy, task=task, benchmark=benchmark, weights=weights,

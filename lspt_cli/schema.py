@@ -80,7 +80,8 @@ def load_json_file(path: str | Path, what: str) -> Any:
 # -- config.json ------------------------------------------------------------------------------------
 def run_config(path: str | Path):
     """The ResolvedConfig recorded in a run's config.json, every field checked."""
-    from .recipes import ResolvedConfig, TrainConfig, coerce_train_values
+    from .recipes import ResolvedConfig
+    from .settings import TrainConfig, coerce_train_values
 
     path = Path(path)
     doc = expect_object(load_json_file(path, "run config"), str(path))

@@ -497,7 +497,8 @@ def _dataset_checks(checks: _Checks, name: str, host, tmp: Path, *, root=None, b
 
 # -- recipes -------------------------------------------------------------------------------------
 def _recipe_checks(checks: _Checks, name: str, host, tmp: Path, **_) -> None:
-    from .recipes import TrainConfig, recipe_layers
+    from .recipes import recipe_layers
+    from .settings import TrainConfig
 
     spec = host.recipes.get(name)
 

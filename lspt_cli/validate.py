@@ -1,7 +1,7 @@
 """Numbers, devices and sizes that come from options or recipes, checked in one place.
 
-Every training number has a rule here (finite, in range); `TrainConfig.validate` applies them to
-the resolved config, `check_options` to the command-line layer so the message names the flag
+A `Rule` is a number's range (finite, in bounds); settings.py gives each training number its rule,
+and `TrainConfig.validate`/`settings.check_flags` apply them, naming the key or the flag
 (`--lr: must be a finite number > 0, got nan`). Devices are checked for form here and for
 presence (`torch_device`) before anything runs on them; `check_param_memory` refuses a strategy
 whose parameters alone cannot fit in this machine's memory (`--set num_prompts=1000000000`)
@@ -56,47 +56,11 @@ class Rule:
         return f"> {self.number(self.low)}" if self.low_open else f">= {self.number(self.low)}"
 
 
-TRAIN_RULES = {
-    "epochs": Rule(int, 1, 1_000_000),
-    "warmup_epochs": Rule(int, 0, 1_000_000),
-    "batch_size": Rule(int, 1, 1_048_576),
-    "eval_batch_size": Rule(int, 0, 1_048_576),
-    "num_workers": Rule(int, 0, 256),
-    "threads": Rule(int, 0, MAX_THREADS),
-    "seed": Rule(int, 0, MAX_SEED),
-    "lr": Rule(float, 0, 1e6, low_open=True),
-    "weight_decay": Rule(float, 0, 1e6),
-    "momentum": Rule(float, 0, 1, high_open=True),
-    "grad_clip": Rule(float, 0, 1e12),
-}
-
 DEVICE_FORM = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,4})?")
 
 
 def option_name(key: str) -> str:
     return "--" + key.replace("_", "-")
-
-
-def check_train(config: Any, where: str = "config") -> None:
-    """Every rule on a TrainConfig (or anything with those attributes): ConfigError naming the key."""
-    for key, rule in TRAIN_RULES.items():
-        if hasattr(config, key):
-            problem = rule.problem(getattr(config, key))
-            if problem:
-                raise ConfigError(f"{where}: '{key}' {problem}")
-    if hasattr(config, "device"):
-        problem = device_problem(config.device)
-        if problem:
-            raise ConfigError(f"{where}: 'device' {problem}")
-
-
-def check_options(values: dict[str, Any]) -> None:
-    """The command-line layer: a ConfigError (exit 2) naming the flag (`--threads: must be ...`)."""
-    for key, value in values.items():
-        rule = TRAIN_RULES.get(key)
-        problem = rule.problem(value) if rule else device_problem(value) if key == "device" else None
-        if problem:
-            raise ConfigError(f"{option_name(key)}: {problem}", hint="see 'lspt tune --help'")
 
 
 def device_problem(name: Any) -> str | None:

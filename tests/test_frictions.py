@@ -102,7 +102,7 @@ def test_help_has_no_placeholders_no_cut_names_and_every_option_documented(monke
 
 
 def test_tune_help_shows_training_defaults_from_the_tables():
-    from lspt_cli.recipes import TrainConfig
+    from lspt_cli.settings import TrainConfig
 
     text = run_cli("tune", "--help").stdout
     squashed = " ".join(text.split())

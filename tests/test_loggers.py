@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from plans import planned_trials
 
 from lspt_cli import LoggerSpec, hookimpl
 
@@ -118,15 +119,15 @@ def test_log_flag_and_recipe_key_reach_the_run_config(cli, tmp_path):
 def test_sweep_passes_log_to_every_trial(cli, tmp_path):
     result = cli("sweep", "--backbone", "vit-tiny", "--task", "digits", "--strategy", "linear", "--grid", "lr=0.05,0.1",
                  "--seeds", "42", "--no-finals", "--epochs", "1", "--log", "tensorboard", "--out", str(tmp_path / "s"), "--plan")
-    commands = [line for line in result.output.splitlines() if " tune " in line]
-    assert len(commands) == 2 and all("--log tensorboard" in c for c in commands)
+    trials = planned_trials(result.stdout)
+    assert len(trials) == 2 and all(t["train"]["loggers"] == "tensorboard" for t in trials)
 
 
 def test_unknown_logger_and_malformed_names_are_one_error(cli, tmp_path):
     result = cli(*TUNE, "--log", "tensorbored", "--out", str(tmp_path / "run"))
     assert result.exit_code == 2 and "unknown logger 'tensorbored'" in result.output and "tensorboard" in result.output
     result = cli(*TUNE, "--log", "a;b", "--out", str(tmp_path / "run"))
-    assert result.exit_code != 0 and "'loggers'" in result.output
+    assert result.exit_code == 2 and "--loggers: must be logger names separated by commas" in result.output
     assert not (tmp_path / "run").exists()
 
 

@@ -223,7 +223,7 @@ def test_amp_auto_uses_bf16_on_cpu_only_where_native(monkeypatch, flags, native)
 
 
 def test_protocols_amp_defaults():
-    from lspt_cli.recipes import PROTOCOL_DEFAULTS
+    from lspt_cli.settings import PROTOCOL_DEFAULTS
 
     assert PROTOCOL_DEFAULTS["paper"]["amp"] == "off" and PROTOCOL_DEFAULTS["lspt"]["amp"] == "auto"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from plans import planned_trials
 
 VTAB_LRS = [5.0, 2.5, 1.0, 50.0, 25.0, 10.0, 0.5, 0.25, 0.1, 0.05]  # tune_vtab.py:246-250
 FGVC_LRS = [5.0, 2.5, 1.0, 50.0, 25.0, 10.0, 0.5, 0.25, 0.1]  # tune_fgvc.py:152-156
@@ -48,8 +49,8 @@ def test_plan_prints_40_commands_for_a_default_vtab_task(cli, tmp_path):
     result = cli("sweep", "--backbone", "mae-vitb", "--strategy", "vpt-deep", "--task", "vtab/cifar",
                  "--out", str(tmp_path / "s"), "--plan")
     assert result.exit_code == 0, result.output
-    commands = [line for line in result.stdout.splitlines() if line.startswith("lspt tune ")]
-    assert len(commands) == 40 and not any("num_prompts" in c for c in commands)
+    trials = planned_trials(result.stdout)  # each trial's resolved config file
+    assert len(trials) == 40 and len({t["strategy_config"]["num_prompts"] for t in trials}) == 1
 
 
 def test_prompt_length_is_searched_only_when_asked(tmp_path):

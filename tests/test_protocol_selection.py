@@ -15,6 +15,7 @@ import json
 import math
 
 import pytest
+from plans import planned_trials
 import torch
 
 from lspt_cli.selection import BEST_VAL, LAST, rule_for
@@ -101,9 +102,9 @@ def test_sweep_plan_selects_by_the_protocols_rule(tmp_path):
             write_trial(sweep_dir / task_dir_name("vtab/dtd") / trial_name({"lr": lr}, 42, False), vals)
         commands, notes = plan(spec, host)
         assert len(commands) == 2 and not notes, (commands, notes)  # the two finals, one per seed
-        for command, seed in zip(commands, (42, 44)):
-            assert f"--lr {expected_lr}" in command and "--final" in command and f"--seed {seed}" in command
-            assert f"--protocol {protocol}" in command
+        for trial, seed in zip(planned_trials("\n".join(commands)), (42, 44)):
+            assert trial["train"]["lr"] == expected_lr and trial["final"] and trial["train"]["seed"] == seed
+            assert trial["protocol"] == protocol
 
 
 # -- what a run trains on and which epoch's test it reports -----------------------------------------

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lspt_cli.errors import ConfigError
+from lspt_cli.settings import TrainConfig
 from lspt_cli.recipes import (
-    TrainConfig,
     find_recipe,
     load_recipe_file,
     parse_recipe_text,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 import pytest
+from plans import planned_trials
 
 from lspt_cli.errors import UsageError
 from lspt_cli.sweep import (
@@ -103,14 +105,16 @@ def test_plan_prints_tune_commands_and_runs_nothing(cli, tmp_path, monkeypatch):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 4
     seen = set()
-    for line in lines:
+    for line in lines:  # each trial runs its resolved config file, written into the trial's directory
         argv = shlex.split(line)
-        assert argv[:2] == ["lspt", "tune"]
-        opts = dict(zip(argv[2::2], argv[3::2]))
-        assert opts["--seed"] == "42" and opts["--backbone"] == "vit-tiny" and opts["--task"] == "digits"
-        assert opts["--epochs"] == "1" and "--final" not in argv
-        seen.add((float(opts["--lr"]), float(opts["--weight-decay"])))
-        assert opts["--out"] == str((out / "digits" / trial_name({"lr": float(opts["--lr"]), "weight_decay": float(opts["--weight-decay"])}, 42, False)).resolve())
+        assert argv[:2] == ["lspt", "tune"] and argv[2] == "--config" and argv[4] == "--out" and len(argv) == 6
+        config = json.loads(Path(argv[3]).read_text())
+        train = config["train"]
+        assert train["seed"] == 42 and config["backbone"] == "vit-tiny" and config["task"] == "digits"
+        assert train["epochs"] == 1 and config["final"] is False and config["strategy_config"]["num_prompts"] == 2
+        seen.add((train["lr"], train["weight_decay"]))
+        trial_dir = (out / "digits" / trial_name({"lr": train["lr"], "weight_decay": train["weight_decay"]}, 42, False)).resolve()
+        assert argv[5] == str(trial_dir) and argv[3] == str(trial_dir / "trial.json")
     assert seen == {(0.01, 0.0), (0.01, 1e-4), (0.02, 0.0), (0.02, 1e-4)}
     assert "re-run" in result.stderr and "final" in result.stderr
     assert not out.exists() or not any(out.rglob("config.json"))
@@ -123,9 +127,10 @@ def test_plan_prints_tune_commands_and_runs_nothing(cli, tmp_path, monkeypatch):
             {"task": "digits", "backbone": "vit-tiny", "strategy": "vpt-deep", "val_top1": val, "test_top1": 1.0}))
     result = cli("sweep", *BASE, *GRID, "--seeds", "42,44", "--out", str(out), "--plan")
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 2 and all("--final" in shlex.split(line) for line in lines)
-    assert [dict(zip(shlex.split(x)[2::2], shlex.split(x)[3::2]))["--seed"] for x in lines] == ["42", "44"]
-    assert all("--lr 0.01 --weight-decay 0.0001" in x for x in lines)  # tie at 60: smaller lr wins
+    finals = [json.loads(Path(shlex.split(line)[3]).read_text()) for line in lines]
+    assert len(finals) == 2 and all(f["final"] for f in finals)
+    assert [f["train"]["seed"] for f in finals] == [42, 44]
+    assert all((f["train"]["lr"], f["train"]["weight_decay"]) == (0.01, 1e-4) for f in finals)  # tie at 60: smaller lr wins
 
 
 def test_grid_keys_are_checked(cli, tmp_path):
@@ -140,10 +145,10 @@ def test_grid_keys_are_checked(cli, tmp_path):
 def test_recipe_grid_is_the_default(cli, tmp_path):
     # vit-tiny's recipe searches lr in {0.005, 0.01, 0.02, 0.05}; an explicit --lr pins it away.
     result = cli("sweep", *BASE, "--out", str(tmp_path / "s"), "--plan")
-    assert sorted(float(dict(zip(shlex.split(x)[2::2], shlex.split(x)[3::2]))["--lr"]) for x in result.stdout.splitlines()) == [0.005, 0.01, 0.02, 0.05]
+    assert sorted(t["train"]["lr"] for t in planned_trials(result.stdout)) == [0.005, 0.01, 0.02, 0.05]
     result = cli("sweep", *BASE, "--lr", "0.03", "--seeds", "7", "--out", str(tmp_path / "s"), "--plan")
-    lines = result.stdout.strip().splitlines()  # one grid point: straight to the final run
-    assert len(lines) == 1 and "--final" in lines[0] and "--lr 0.03" in lines[0] and "--seed 7" in lines[0]
+    trials = planned_trials(result.stdout)  # one grid point: straight to the final run
+    assert len(trials) == 1 and trials[0]["final"] and trials[0]["train"]["lr"] == 0.03 and trials[0]["train"]["seed"] == 7
 
 
 # -- end to end (trains) --------------------------------------------------------------------------

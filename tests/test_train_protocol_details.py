@@ -283,7 +283,7 @@ def test_bf16_choice_follows_device_support(monkeypatch):
 def test_rank_batch_splits_exactly_down_to_one_image_per_rank():
     from lspt_cli.engine.train import rank_batch
     from lspt_cli.errors import UsageError
-    from lspt_cli.recipes import TrainConfig
+    from lspt_cli.settings import TrainConfig
 
     assert rank_batch(TrainConfig(batch_size=2), 2) == 1 and rank_batch(TrainConfig(batch_size=3), 3) == 1
     assert rank_batch(TrainConfig(batch_size=7), 2) == 3 and rank_batch(TrainConfig(batch_size=7), 1) == 7

@@ -16,7 +16,7 @@ import typer
 from ..errors import UsageError
 from ..messages import printable
 from .output import complete_from, err, info, out, print_json, progress_enabled
-from .train_help import train_help
+from .train_options import given_values, with_train_options
 
 
 def default_sweep_dir(tasks: list[str], strategy: str, backbone: str) -> Path:
@@ -42,6 +42,7 @@ def _executor_options(items: list[str] | None) -> dict[str, str]:
 
 def register(app: typer.Typer) -> None:
     @app.command("sweep")
+    @with_train_options("sweep", after="recipe")
     def sweep(
         backbone: str = typer.Option(..., "--backbone", "-b", help="Backbone name.", autocompletion=complete_from("backbone")),
         task: List[str] = typer.Option(..., "--task", "-t", help="Task or fnmatch pattern, e.g. 'vtab/*' (repeatable).",
@@ -57,27 +58,10 @@ def register(app: typer.Typer) -> None:
         finals: bool = typer.Option(True, "--finals/--no-finals", help="Run the selected point with every seed, as `lspt tune --final` (train+val; FGVC under protocol paper: train, test at the best val epoch)."),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file.  [default: the backbone's file in <cache dir>/weights (lspt paths)]"),
         recipe: Optional[Path] = typer.Option(None, "--recipe", help="A TOML recipe overriding the built-in one.  [default: none: the built-in recipe]"),
-        protocol: Optional[str] = typer.Option(None, "--protocol", help="paper (default) or lspt, for every trial (README \"Protocol\")."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help=train_help("epochs")),
-        warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help=train_help("warmup_epochs")),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help=train_help("batch_size")),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Pin lr (drops it from the recipe's grid).  [default: the grid's values]"),
-        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", "--wd", help="Pin weight decay (drops it from the recipe's grid).  [default: the grid's values]"),
-        optimizer: Optional[str] = typer.Option(None, "--optimizer", help=train_help("optimizer")),
-        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help=train_help("grad_clip")),
-        amp: Optional[str] = typer.Option(None, "--amp", help=train_help("amp")),
-        schedule: Optional[str] = typer.Option(None, "--schedule", help=train_help("schedule")),
-        head_init: Optional[str] = typer.Option(None, "--head-init", help=train_help("head_init")),
-        ddp_batch: Optional[str] = typer.Option(None, "--ddp-batch", help=train_help("ddp_batch")),
-        lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help=train_help("lr_scaling")),
-        readout: Optional[str] = typer.Option(None, "--readout", help=train_help("readout")),
-        num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
-        device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per trial (0 = one per core).  [default: the recipe's, else 0]"),
-        log: Optional[str] = typer.Option(None, "--log", "--loggers", help="Experiment trackers for every trial, e.g. mlflow (one MLflow experiment per sweep).  [default: the recipe's, else none]"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Strategy option KEY=VALUE for every trial (repeatable).  [default: the recipe's, else the strategy's]"),
         json_: bool = typer.Option(False, "--json", help="Print sweep.json's document on stdout."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or logs on stderr."),
+        **train,
     ):
         """Search a hyper-parameter grid on val, select per task, then run the finals with every seed."""
         from .. import paths
@@ -93,7 +77,7 @@ def register(app: typer.Typer) -> None:
         tasks = expand_tasks(task, host)
         from ..loggers import check_loggers
 
-        check_loggers(log, host)  # an unknown logger or a missing extra: before any trial
+        check_loggers(train["loggers"], host)  # an unknown logger or a missing extra: before any trial
         from ..sweep import check_executor
 
         executor_options = _executor_options(executor_opt)
@@ -103,14 +87,7 @@ def register(app: typer.Typer) -> None:
         if unknown and spec_strategy.defaults is not None:
             raise UsageError(f"unknown option '{unknown[0]}' for strategy '{strategy}'; allowed: "
                              f"{', '.join(sorted(spec_strategy.defaults)) or '(none)'}")
-        overrides = {
-            k: v for k, v in dict(
-                protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                optimizer=optimizer, grad_clip=grad_clip, amp=amp, num_workers=num_workers, device=device,
-                schedule=schedule, head_init=head_init, ddp_batch=ddp_batch, lr_scaling=lr_scaling,
-                readout=readout, threads=threads, loggers=log,
-            ).items() if v is not None
-        }
+        overrides = given_values(train)
         spec = SweepSpec(
             backbone=backbone, strategy=strategy, tasks=tasks, seeds=parse_seeds(seeds),
             sweep_dir=(out_dir or default_sweep_dir(task if len(task) > 1 else [task[0]], strategy, backbone)),

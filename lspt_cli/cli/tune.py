@@ -16,11 +16,13 @@ from typing import Any, List, Optional
 
 import typer
 
-from .. import hookimpl
+from .. import hookimpl, schema
 from ..errors import UsageError
 from ..run_handle import latest_link, point_latest
+from ..settings import RESUME_MAY_CHANGE, one_of
+from ..validate import option_name
 from .output import complete_from, err, info, out, print_json, progress_enabled, safe
-from .train_help import train_help
+from .train_options import given_values, with_train_options
 
 
 def parse_assignments(items: list[str] | None) -> dict[str, Any]:
@@ -122,6 +124,7 @@ class EpochProgress:
 
 def register(app: typer.Typer) -> None:
     @app.command("tune")
+    @with_train_options("tune", after="recipe")
     def tune(
         ctx: typer.Context,
         backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone name (lspt list backbones); required unless --resume.", autocompletion=complete_from("backbone")),
@@ -129,37 +132,16 @@ def register(app: typer.Typer) -> None:
         strategy: str = typer.Option("lspt", "--strategy", "-s", help="Prompt strategy.", autocompletion=complete_from("strategy")),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file (.safetensors/.pth/.pth.tar).  [default: the backbone's file in <cache dir>/weights (lspt paths); vit-tiny: random init]"),
         recipe: Optional[Path] = typer.Option(None, "--recipe", help="A TOML recipe overriding the built-in one.  [default: none: the built-in recipe for strategy x backbone x benchmark]"),
-        protocol: Optional[str] = typer.Option(None, "--protocol", help="paper (the official VPT/GaPT training, the default) or lspt (lspt's improvements); see README \"Protocol\". Each item's own flag still wins."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help=train_help("epochs")),
-        warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help=train_help("warmup_epochs")),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help=train_help("batch_size")),
-        lr: Optional[float] = typer.Option(None, "--lr", help=train_help("lr")),
-        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", "--wd", help=train_help("weight_decay")),
-        optimizer: Optional[str] = typer.Option(None, "--optimizer", help=train_help("optimizer")),
-        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help=train_help("grad_clip")),
-        amp: Optional[str] = typer.Option(None, "--amp", help=train_help("amp")),
-        schedule: Optional[str] = typer.Option(None, "--schedule", help=train_help("schedule")),
-        head_init: Optional[str] = typer.Option(None, "--head-init", help=train_help("head_init")),
-        ddp_batch: Optional[str] = typer.Option(None, "--ddp-batch", help=train_help("ddp_batch")),
-        lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help=train_help("lr_scaling")),
-        readout: Optional[str] = typer.Option(None, "--readout", help=train_help("readout")),
-        seed: Optional[int] = typer.Option(None, "--seed", help=train_help("seed")),
-        num_workers: Optional[int] = typer.Option(None, "--num-workers", help=train_help("num_workers")),
-        device: Optional[str] = typer.Option(None, "--device", help=train_help("device")),
-        threads: Optional[int] = typer.Option(None, "--threads", help=train_help("threads")),
-        log: Optional[str] = typer.Option(None, "--log", "--loggers", help=train_help("loggers"), autocompletion=complete_from("logger")),
-        compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=train_help("compile")),
-        grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing", help=train_help("grad_checkpointing")),
-        augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=train_help("augment")),
-        feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help=train_help("feature_cache")),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Strategy option KEY=VALUE (repeatable), e.g. --set num_prompts=50; VALUE is parsed as JSON, else a string.  [default: the recipe's, else the strategy's (lspt list strategies)]"),
         final: bool = typer.Option(False, "--final", help="Train on train+val (VTAB: train800val200) and report test."),
         out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: under the data dir)."),
-        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in RUN_DIR from its last checkpoint, with the options it started with (only --device, --num-workers, --threads may change).  [default: start a new run]"),
+        config_file: Optional[Path] = typer.Option(None, "--config", help="Run the resolved config in FILE exactly (a sweep trial's trial.json, or a run's config.json); only --out, --overwrite and how the run is shown may be given with it.  [default: resolve one from the options]"),
+        resume: Optional[Path] = typer.Option(None, "--resume", help=f"Continue the run in RUN_DIR from its last checkpoint, with the options it started with (only {RESUME_FLAGS} may change).  [default: start a new run]"),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config as JSON and exit."),
         json_: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or logs."),
         allow_existing: bool = typer.Option(False, "--overwrite", help="Start over in an --out dir that already holds a run."),
+        **train,
     ):
         """Prompt-tune BACKBONE on TASK with STRATEGY; writes a run directory and a bundle."""
         from ..plugins import get_host
@@ -169,24 +151,22 @@ def register(app: typer.Typer) -> None:
         if resume is not None:
             from ..engine.train import read_run_config
 
-            config = _resume_config(ctx, read_run_config(resume), device=device, num_workers=num_workers, threads=threads)
+            config = _resume_config(ctx, read_run_config(resume), {k: train[k] for k in RESUME_MAY_CHANGE})
             run_dir = resume
+        elif config_file is not None:
+            _refuse_given(ctx, CONFIG_OPTIONS, "--config runs the config in its file as it is", "given with it",
+                          "change the file, or resolve a new config from options without --config")
+            config = schema.run_config(config_file)
+            host.backbones.get(config.backbone)  # unknown names: before "Run directory:"
+            host.strategies.get(config.strategy).options(config.strategy_config)
+            run_dir = out_dir or default_run_dir(config.task, config.strategy, config.backbone)
         else:
             if not backbone or not task:
                 raise UsageError("tune needs --backbone and --task (or --resume RUN_DIR)",
                                  hint="e.g. lspt tune --backbone vit-tiny --task digits")
             host.backbones.get(backbone)
             host.strategies.get(strategy)
-            overrides = {
-                k: v for k, v in dict(
-                    protocol=protocol, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr,
-                    weight_decay=weight_decay, optimizer=optimizer, grad_clip=grad_clip, amp=amp,
-                    schedule=schedule, head_init=head_init, ddp_batch=ddp_batch, lr_scaling=lr_scaling,
-                    readout=readout, seed=seed, num_workers=num_workers, device=device, threads=threads, loggers=log,
-                    compile=compile_, grad_checkpointing=grad_checkpointing, augment=augment,
-                    feature_cache=None if feature_cache is None else ("on" if feature_cache else "off"),
-                ).items() if v is not None
-            }
+            overrides = given_values(train)
             config = resolve_config(
                 backbone=backbone, strategy=strategy, task=task, benchmark=task_benchmark(task),
                 registered_recipes=host.recipes, recipe_file=recipe, train_overrides=overrides,
@@ -214,23 +194,31 @@ def register(app: typer.Typer) -> None:
 
 
 # What `--resume` may change: where and how fast the run continues, never what it computes.
-RESUME_OPTIONS = {"resume", "device", "num_workers", "threads", "json_", "quiet", "dry_run"}
+RESUME_OPTIONS = {"resume", "json_", "quiet", "dry_run", *RESUME_MAY_CHANGE}
+RESUME_FLAGS = one_of(option_name(k) for k in RESUME_MAY_CHANGE).replace("'", "")
 
 
-def _resume_config(ctx, config, **changes):
+# What may stand beside `--config FILE`: where the run goes and how it is shown, never what it computes.
+CONFIG_OPTIONS = {"config_file", "out_dir", "allow_existing", "json_", "quiet", "dry_run"}
+
+
+def _refuse_given(ctx, allowed: set[str], why: str, verb: str, hint: str) -> None:
+    """Options given on the command line besides `allowed` are refused, never silently ignored."""
+    given = [p.opts[0] for p in ctx.command.params if p.name not in allowed
+             and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"]
+    if given:
+        raise UsageError(f"{why}; {', '.join(given)} cannot be {verb}", hint=hint)
+
+
+def _resume_config(ctx, config, changes: dict):
     """The recorded config of a resumed run, with --device/--num-workers/--threads applied.
 
     Any other option on the command line is refused rather than silently ignored: changing e.g.
     --epochs would change the lr schedule of the epochs already done."""
     import dataclasses
 
-    given = [p.opts[0] for p in ctx.command.params if p.name not in RESUME_OPTIONS
-             and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"]
-    if given:
-        raise UsageError(
-            f"--resume continues a run with the options it started with; {', '.join(given)} cannot be changed",
-            hint="only --device, --num-workers and --threads may change; start a new run (--out DIR) for other options",
-        )
+    _refuse_given(ctx, RESUME_OPTIONS, "--resume continues a run with the options it started with", "changed",
+                  f"only {RESUME_FLAGS} may change; start a new run (--out DIR) for other options")
     config.train = dataclasses.replace(config.train, **{k: v for k, v in changes.items() if v is not None})
     config.train.validate("--resume")
     return config

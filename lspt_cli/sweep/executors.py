@@ -1,9 +1,10 @@
 """Executors: where trials run. `local` (in-process, or worker slots of subprocesses) is here; the
 engines (`slurm`, `ray`) are plugins (plugins/executors/) registered with `lspt_register_executors`.
 
-Every executor runs a trial as `python -m lspt_cli tune ...` (in a new process, or in the engine's
-worker process: run_trial_here; the local executor's one worker builds the Trainer itself) under the
-trial's claim (state.py), so what runs, and where its files go, never depends on the engine.
+Every executor runs a trial from its resolved config file (`<trial dir>/trial.json`, grid.py) as
+`python -m lspt_cli tune --config FILE --out DIR` (in a new process, or in the engine's worker
+process: run_trial_here; the local executor's one worker builds the Trainer from the same file)
+under the trial's claim (state.py), so what runs, and where its files go, never depends on the engine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterator
 
+from .. import schema
 from ..errors import LsptError
 from ..rundir import RUN_FILES
 from .grid import STDERR_TAIL, Trial, run_state
@@ -42,7 +44,8 @@ def run_in_process(trial: Trial, host) -> tuple[str, dict | None, str | None]:
                 for name in RUN_FILES:
                     (trial.run_dir / name).unlink(missing_ok=True)
             check_writable(trial.run_dir)
-            summary = Trainer(trial.config, trial.run_dir, host=host).run(resume=state == "partial")
+            config = schema.run_config(trial.config_file)  # what every executor runs: the trial's file
+            summary = Trainer(config, trial.run_dir, host=host).run(resume=state == "partial")
     except Interrupted:
         raise
     except LsptError as exc:

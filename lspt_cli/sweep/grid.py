@@ -17,27 +17,7 @@ from ..selection import BEST_VAL, Rule, rule_for, selection_value
 
 DEFAULT_SEEDS = (42, 44, 82, 100, 800)  # VPT's final-run seeds: KMnP/vpt@4410440 tune_vtab.py:284
 GRID_ALIASES = {"wd": "weight_decay", "weight-decay": "weight_decay"}
-# TrainConfig keys `lspt tune` has a flag for (a grid over them must be expressible as a command).
-TRAIN_FLAGS = {
-    "protocol": "--protocol",
-    "epochs": "--epochs",
-    "warmup_epochs": "--warmup-epochs",
-    "batch_size": "--batch-size",
-    "lr": "--lr",
-    "weight_decay": "--weight-decay",
-    "optimizer": "--optimizer",
-    "grad_clip": "--grad-clip",
-    "amp": "--amp",
-    "schedule": "--schedule",
-    "head_init": "--head-init",
-    "ddp_batch": "--ddp-batch",
-    "lr_scaling": "--lr-scaling",
-    "readout": "--readout",
-    "num_workers": "--num-workers",
-    "device": "--device",
-    "threads": "--threads",
-    "loggers": "--log",
-}
+TRIAL_CONFIG = "trial.json"  # a trial's resolved config, in its directory: what every executor runs
 SHORT_NAMES = {"lr": "lr", "weight_decay": "wd"}
 STDERR_TAIL = 2000
 
@@ -71,7 +51,7 @@ def _check_grid_values(key: str, values: list) -> None:
     """Training values of a grid have their TrainConfig types (`--grid lr=abc` is a usage error
     naming the value, not a command line with `--lr abc`); strategy keys are checked by the strategy."""
     from ..errors import ConfigError
-    from ..recipes import TrainConfig, coerce_train_values
+    from ..settings import TrainConfig, coerce_train_values
 
     if key not in TrainConfig.keys():
         return
@@ -91,7 +71,7 @@ def parse_seeds(text: str | None) -> list[int]:
         raise UsageError(f"--seeds expects integers separated by commas, got {text!r}") from None
     if not seeds:
         raise UsageError("--seeds needs at least one seed")
-    from ..validate import TRAIN_RULES
+    from ..settings import TRAIN_RULES
 
     for seed in seeds:  # the same range as tune's --seed, refused before any trial is planned
         problem = TRAIN_RULES["seed"].problem(seed)
@@ -196,8 +176,7 @@ class Trial:
     seed: int
     final: bool
     run_dir: Path
-    argv: list[str]  # `lspt tune` arguments (without the program name)
-    config: Any = None  # ResolvedConfig, or None when it could not be resolved
+    config: Any = None  # ResolvedConfig (written to config_file), or None when it could not be resolved
     error: str | None = None  # a resolution error: the trial fails without running
 
     @property
@@ -208,6 +187,16 @@ class Trial:
     def phase(self) -> str:
         return "final" if self.final else "grid"
 
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir / TRIAL_CONFIG
+
+    @property
+    def argv(self) -> list[str]:
+        """`lspt tune` arguments (without the program name): the trial's resolved config file, never
+        its options one by one, so every setting reaches the trial whatever the executor."""
+        return ["--config", str(self.config_file), "--out", str(self.run_dir)]
+
     def key(self) -> str:
         return f"{self.task}/{self.name}"
 
@@ -216,6 +205,13 @@ class Trial:
 
     def command(self, prefix: list[str] | None = None) -> list[str]:
         return (prefix or ["lspt"]) + ["tune"] + self.argv
+
+    def write_config(self) -> None:
+        """The resolved config as `lspt tune --config` reads it (config.json's schema), atomically."""
+        from .. import atomic
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(self.config_file, self.config.to_json())
 
 
 @dataclass
@@ -281,15 +277,13 @@ def check_grid_keys(grid: dict[str, list], spec: SweepSpec, host) -> None:
         if key == "seed":
             raise UsageError("seeds are not a grid key; use --seeds 42,44,82")
         if key in TrainConfig.keys():
-            if key not in TRAIN_FLAGS:
-                raise UsageError(f"grid key '{key}' has no `lspt tune` flag; put it in a --recipe instead")
             if key in spec.train_overrides:
                 raise UsageError(f"'{key}' is both a grid key and a fixed flag")
         elif key in options:
             if key in spec.strategy_overrides:
                 raise UsageError(f"'{key}' is both a grid key and a --set value")
         else:
-            allowed = sorted(TRAIN_FLAGS) + sorted(options)
+            allowed = sorted(k for k in TrainConfig.keys() if k != "seed") + sorted(options)
             raise UsageError(f"unknown grid key '{key}'; allowed: {', '.join(allowed)} (and wd for weight_decay)")
 
 
@@ -300,23 +294,8 @@ def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def _set_value(value: Any) -> str:
-    """A --set value that `parse_assignments` reads back as the same value."""
-    if isinstance(value, str):
-        try:
-            json.loads(value)
-        except ValueError:
-            return value
-        return json.dumps(value)
-    return json.dumps(value)
-
-
-def _flag_value(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def make_trial(spec: SweepSpec, task: str, point: dict[str, Any], seed: int, final: bool, host) -> Trial:
-    """Resolve one trial's config and its fully specified `lspt tune` command."""
+    """Resolve one trial's config and write it into the trial's directory (`lspt tune --config`)."""
     from ..recipes import TrainConfig
 
     train = dict(spec.train_overrides)
@@ -330,24 +309,10 @@ def make_trial(spec: SweepSpec, task: str, point: dict[str, Any], seed: int, fin
         config = _resolve(spec, task, host, train, strat, final)
     except LsptError as exc:
         error = exc.message
-    argv = ["--backbone", spec.backbone, "--task", task, "--strategy", spec.strategy]
-    if spec.weights:
-        argv += ["--weights", str(Path(spec.weights).resolve())]
-    if spec.recipe:
-        argv += ["--recipe", str(Path(spec.recipe).resolve())]
-    fixed = dict(train)
-    if config is not None:  # lr and weight decay always explicit, as resolved
-        fixed.setdefault("lr", config.train.lr)
-        fixed.setdefault("weight_decay", config.train.weight_decay)
-    for key in ("seed",) + tuple(TRAIN_FLAGS):
-        if key in fixed:
-            argv += ["--seed" if key == "seed" else TRAIN_FLAGS[key], _flag_value(fixed[key])]
-    for key, value in strat.items():
-        argv += ["--set", f"{key}={_set_value(value)}"]
-    if final:
-        argv.append("--final")
-    argv += ["--out", str(run_dir)]
-    return Trial(task=task, point=point, seed=seed, final=final, run_dir=run_dir, argv=argv, config=config, error=error)
+    trial = Trial(task=task, point=point, seed=seed, final=final, run_dir=run_dir, config=config, error=error)
+    if config is not None:
+        trial.write_config()
+    return trial
 
 
 def build_grid_trials(spec: SweepSpec, host) -> dict[str, list[Trial]]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from lspt_cli.errors import ConfigError, UsageError
-from lspt_cli.validate import MAX_SEED, TRAIN_RULES, check_param_memory, torch_device
+from lspt_cli.settings import TRAIN_RULES
+from lspt_cli.validate import MAX_SEED, check_param_memory, torch_device
 
 from .conftest import assert_clean_error
 
