@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import signal
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -144,4 +145,10 @@ def serve(options: ServeOptions) -> None:
     app = make_app(options, registry, batcher, metrics)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=options.drain_timeout, server_header=False)
-    uvicorn.Server(config).run()
+    # uvicorn handles SIGTERM (stop accepting, drain, lifespan shutdown) and then re-raises it with
+    # the handler it found installed: a no-op one makes a drained shutdown exit 0, not -15.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
