@@ -112,7 +112,7 @@ def server(tmp_path_factory):
     watch.mkdir()
     proc, url, stderr = start_server(
         base, *bundles.values(), "--watch", watch, "--watch-interval", "0.2", "--max-wait-ms", "40", "--max-batch", "64",
-        "--max-images", "8", "--max-body-mb", "1", "--max-pixels", "10000",
+        "--max-images", "8", "--max-body-mb", "1", "--max-pixels", "10000", "--read-timeout", "3",
     )
     yield Server(url, proc, bundles, watch, base, stderr)
     proc.send_signal(signal.SIGTERM)
@@ -251,6 +251,27 @@ def test_an_oversized_body_is_refused_from_its_declared_length_or_as_it_streams(
     assert response.status == 413 and "over the limit" in json.loads(response.read())["error"]
     conn.close()
     assert call(server.url, "/healthz", token=None)[0] == 200
+
+
+def test_a_stalled_client_does_not_stall_anyone_else(server):
+    """A client that sends half its body and stops holds only its own connection: others are served
+    meanwhile (the batcher only ever sees decoded tensors), and the stalled one gets 408 (--read-timeout 3)."""
+    import socket
+
+    sock = socket.create_connection(server.url.removeprefix("http://").split(":"), timeout=30)
+    sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"task\": \"lin\"")
+    start = time.time()
+    status, doc = call(server.url, "/v1/predict", doc={"task": "lin", "images": [b64(png_bytes(4))]})
+    assert status == 200 and time.time() - start < 2.5
+    reply = b""
+    while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+        data = sock.recv(4096)
+        if not data:
+            break
+        reply += data
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 408") and b"not received within 3 s" in reply
 
 
 # -- the watched directory -----------------------------------------------------------------------------------
