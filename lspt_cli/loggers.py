@@ -107,7 +107,7 @@ class RunLoggers:
         return Path(self.run.dir) / LOGGERS_STATE
 
     def start(self, config: dict) -> None:
-        from .specs import resolve_factory
+        from .plugins import resolve_factory
 
         saved = self._read_state() if self.resume else {}
         for spec in self.specs:

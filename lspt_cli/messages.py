@@ -3,13 +3,16 @@
 Error messages and printed values often carry text lspt did not write (torch's multi-line errors,
 class names from a bundle, 200k tensor names). Three helpers keep that text safe and readable:
 `printable` (control characters shown as escapes), `one_line` (newlines folded, length capped) and
-`shorten_list` ("a, b, c ... and 199,990 more"). Torch-free and cheap: imported by `lspt --help`.
+`shorten_list` ("a, b, c ... and 199,990 more"); and JSON documents for scripts (`json_text`: strict
+JSON, NaN as null). Torch-free and cheap: imported by `lspt --help`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from typing import Iterable
+from typing import Any, Iterable
 
 MAX_MESSAGE_CHARS = 1000  # an Error line longer than this is cut (a 2 MB line helps nobody)
 MAX_LIST_ITEMS = 10
@@ -46,3 +49,20 @@ def shorten_list(items: Iterable[object], limit: int = MAX_LIST_ITEMS, quote: bo
     shown = [f"'{printable(i)}'" if quote else printable(i) for i in items[:limit]]
     rest = len(items) - len(shown)
     return ", ".join(shown) + (f" ... and {rest:,} more" if rest > 0 else "")
+
+
+def strict(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, ±Infinity) replaced by None, the documented mapping
+    that keeps `--json` output strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON (RFC 8259): NaN/±Infinity -> null, unknown types -> str."""
+    return json.dumps(strict(obj), indent=indent, default=str, allow_nan=False)

@@ -21,19 +21,20 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
+import importlib
 import os
 import sys
 from types import ModuleType, TracebackType
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError, UsageError
 from .messages import one_line, shorten_list
-from .specs import KIND_OF_SPEC, BackboneSpec, DatasetSpec, ExecutorSpec, LoggerSpec, RecipeSpec, StrategySpec
+from .specs import KIND_OF_SPEC, Factory, BackboneSpec, DatasetSpec, ExecutorSpec, LoggerSpec, RecipeSpec, StrategySpec
 
 BUILTIN_DIST = "lspt"
 ENTRY_POINT_GROUP = "lspt"
@@ -328,26 +329,8 @@ class PluginHost:
         return None
 
 
-def call_prepare(spec: DatasetSpec, *args: Any, many: bool = False, **kwargs: Any):
-    """Run a dataset's `prepare` (plugin code: stdout to stderr) and check that it returned a
-    Manifest (or, with `many`, a list of them); anything else is an error of its plugin."""
-    from .data.manifest import Manifest
-    from .specs import resolve_factory
-
-    prepare = resolve_factory(spec.prepare)
-    try:
-        with plugin_code():
-            result = prepare(*args, **kwargs)
-    except SystemExit as exc:
-        raise PluginError(f"dataset '{spec.name}' of plugin {_owner_label(spec.name)}: prepare() {describe(exc)}") from None
-    items = result if many and isinstance(result, list) else [result]
-    if not items or not all(isinstance(m, Manifest) for m in items):
-        raise PluginError(f"dataset '{spec.name}' of plugin {_owner_label(spec.name)}: prepare() returned "
-                          f"{type(result).__name__}, expected a lspt_cli.data.manifest.Manifest")
-    return result
-
-
-def _owner_label(dataset: str) -> str:
+def dataset_owner_label(dataset: str) -> str:
+    """Which plugin registered a dataset, for errors about its code."""
     host = get_host()
     return host.record_of(host.datasets.provider(dataset)).label if dataset in host.datasets else "?"
 
@@ -475,3 +458,28 @@ def reset_host() -> None:
     """Forget the loaded host (tests; a changed LSPT_LOAD_PLUGINS)."""
     global _host
     _host = None
+
+
+# -- factories ----------------------------------------------------------------------------------------
+def resolve_factory(factory: Factory) -> Callable[..., Any]:
+    """Turn "pkg.mod:attr" into the attribute (importing pkg.mod); callables pass through."""
+    if callable(factory):
+        return factory
+    try:
+        module_name, _, attr = factory.partition(":")
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # a typo in a plugin's factory string is that plugin's error, not a traceback
+        raise _factory_error(factory, f"{type(exc).__name__}: {exc}") from None
+    if not callable(obj):
+        raise _factory_error(factory, f"it is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _factory_error(factory: str, problem: str):
+    """A PluginError naming the plugin that registered `factory` (looked up only on failure)."""
+    record = get_host().provider_of_factory(factory)
+    owner = f"plugin {record.label}" if record is not None else "a plugin"
+    return PluginError(f"{owner} names a factory {factory!r} that cannot be loaded: {one_line(problem)}",
+                       hint="fix the 'package.module:attribute' string in the plugin's registration")

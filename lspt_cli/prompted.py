@@ -197,7 +197,7 @@ def _scaled_block(backbone: FrozenBackbone, block: nn.Module, scales, x: torch.T
 def build_strategy(name: str, dims: BackboneDims, config: dict[str, Any] | None = None, host=None):
     """Instantiate a registered strategy with its defaults overridden by `config`."""
     from .plugins import get_host
-    from .specs import resolve_factory
+    from .plugins import resolve_factory
 
     host = host or get_host()
     spec = host.strategies.get(name)
@@ -219,7 +219,7 @@ def build_strategy(name: str, dims: BackboneDims, config: dict[str, Any] | None 
 def load_backbone(name: str, weights=None, host=None) -> FrozenBackbone:
     """Instantiate a registered backbone (weights: a file, or None for cache/hub/random)."""
     from .plugins import get_host
-    from .specs import resolve_factory
+    from .plugins import resolve_factory
 
     host = host or get_host()
     spec = host.backbones.get(name)

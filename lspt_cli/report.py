@@ -360,7 +360,7 @@ def render(doc: dict[str, Any], fmt: str) -> str:
     if fmt == "csv":
         return render_csv(doc)
     if fmt == "json":
-        from .cli.output import json_text  # strict JSON: a NaN std of one seed becomes null
+        from .messages import json_text  # strict JSON: a NaN std of one seed becomes null
 
         return json_text(doc) + "\n"
     raise UsageError(f"unknown --format {fmt!r}; use md, csv or json")

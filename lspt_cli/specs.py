@@ -1,44 +1,16 @@
 """What a plugin registers: small, torch-free descriptions with lazy factories.
 
 A factory is a callable or an import path "package.module:attribute"; it is imported and called only
-when the component is used, so `lspt --help`, `lspt list` and shell completion never import torch.
+when the component is used (plugins.resolve_factory), so `lspt --help`, `lspt list` and shell
+completion never import torch. This module imports nothing of lspt but errors and messages.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 Factory = Union[Callable[..., Any], str]
-
-
-def resolve_factory(factory: Factory) -> Callable[..., Any]:
-    """Turn "pkg.mod:attr" into the attribute (importing pkg.mod); callables pass through."""
-    if callable(factory):
-        return factory
-    try:
-        module_name, _, attr = factory.partition(":")
-        obj = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:  # a typo in a plugin's factory string is that plugin's error, not a traceback
-        raise _factory_error(factory, f"{type(exc).__name__}: {exc}") from None
-    if not callable(obj):
-        raise _factory_error(factory, f"it is a {type(obj).__name__}, not a callable")
-    return obj
-
-
-def _factory_error(factory: str, problem: str):
-    """A PluginError naming the plugin that registered `factory` (looked up only on failure)."""
-    from .errors import PluginError
-    from .messages import one_line
-    from .plugins import get_host
-
-    record = get_host().provider_of_factory(factory)
-    owner = f"plugin {record.label}" if record is not None else "a plugin"
-    return PluginError(f"{owner} names a factory {factory!r} that cannot be loaded: {one_line(problem)}",
-                       hint="fix the 'package.module:attribute' string in the plugin's registration")
 
 
 # How the final tokens become one feature vector (README "Backbones", readouts); a run picks one

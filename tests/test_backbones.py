@@ -108,7 +108,7 @@ def test_importing_the_backbones_plugin_does_not_import_torch():
 def test_spec_readout_matches_the_built_backbone(tmp_path):
     from lspt_cli.plugins import get_host
     from lspt_cli.prompted import load_backbone
-    from lspt_cli.specs import resolve_factory
+    from lspt_cli.plugins import resolve_factory
 
     backbone = load_backbone("vit-tiny")
     assert isinstance(backbone, FrozenBackbone)

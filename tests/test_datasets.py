@@ -245,7 +245,7 @@ def test_registration_is_light():
 
 def test_every_registered_dataset_has_a_layout_and_factory():
     from lspt_cli.plugins import get_host
-    from lspt_cli.specs import resolve_factory
+    from lspt_cli.plugins import resolve_factory
 
     host = get_host()
     names = host.datasets.names()

@@ -181,7 +181,7 @@ def test_list_backbones_shows_each_backbones_input(cli, tmp_path):
     # the built backbone normalises with what the list shows (timm's own config for MoCo's
     # vit_base_patch16_224 is Google's 0.5/0.5)
     from lspt_cli.plugins import get_host
-    from lspt_cli.specs import resolve_factory
+    from lspt_cli.plugins import resolve_factory
 
     from conftest import TINY, make_tiny_vit
 

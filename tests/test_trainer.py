@@ -362,7 +362,7 @@ def test_prompt_dropout_acts_in_training_only(tiny_backbone, strategy):
 @pytest.mark.parametrize("name", ["linear", "vpt-shallow", "vpt-deep", "gapt", "lspt"])
 def test_strategy_class_defaults_equal_the_registered_defaults(tiny_backbone, name):
     """A strategy built directly from its class is the one `lspt list strategies` documents."""
-    from lspt_cli.specs import resolve_factory
+    from lspt_cli.plugins import resolve_factory
     from lspt_plugins.strategies import SPECS
 
     spec = next(s for s in SPECS if s.name == name)

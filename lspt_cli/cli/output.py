@@ -7,8 +7,6 @@ Every command prints through these helpers: `safe()` for any string that came fr
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 from typing import Any
@@ -17,7 +15,7 @@ from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.text import Text
 
-from ..messages import one_line, printable
+from ..messages import json_text, one_line, printable
 
 MIN_WIDTH, MAX_WIDTH = 40, 4096  # COLUMNS=0 (or 10**9) must not make output vanish (or explode)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `cat big | head -1`
@@ -65,23 +63,6 @@ def safe(text: object) -> str:
     """A string from a file (class name, bundle metadata, label), ready for rich markup:
     "[red]" stays literal text and ANSI escapes / carriage returns are shown, never obeyed."""
     return escape(printable(text))
-
-
-def strict(obj: Any) -> Any:
-    """`obj` with every non-finite float (NaN, ±Infinity) replaced by None, the documented mapping
-    that keeps `--json` output strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    return obj
-
-
-def json_text(obj: Any, indent: int | None = 2) -> str:
-    """Strict JSON (RFC 8259): NaN/±Infinity -> null, unknown types -> str."""
-    return json.dumps(strict(obj), indent=indent, default=str, allow_nan=False)
 
 
 def print_json(obj: Any) -> None:

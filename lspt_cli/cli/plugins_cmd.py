@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         for every trainable tensor, count_params, bundle round-trip, a clean error for a bad option and
         the same result for the same seed. One line per check with a fix hint; exit 1 when any fails."""
         from ..plugins import get_host
-        from ..testing import check_kinds, run_check
+        from ..conformance import check_kinds, run_check
 
         host = get_host()
         if kind is not None and kind not in ("strategy", "backbone", "dataset", "recipe"):

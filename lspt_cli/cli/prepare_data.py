@@ -137,7 +137,8 @@ def _run_prepare(
 ) -> dict[str, Any]:
     from ..data.manifest import TaskNotFound, check_task_id, save_manifest, task_dir
     from ..errors import DataError, UsageError
-    from ..plugins import call_prepare, get_host
+    from ..data.manifest import call_prepare
+    from ..plugins import get_host
 
     host = get_host()
     specs, grouped = _resolve_specs(host, task)

@@ -245,12 +245,15 @@ def save_manifest(manifest: Manifest) -> tuple[Path, bool]:
 
 
 def _not_prepared(task_id: str, path: Path) -> DataError:
-    if task_id == "digits":
-        cmd = "lspt prepare-data digits"
-    else:
-        cmd = f"lspt prepare-data {task_id} --root DIR"
+    """How to prepare the task, from its registration: `--root DIR` where the dataset needs one,
+    and for a name no plugin registers, the imagefolder command for the user's own data."""
+    from ..plugins import get_host
+
+    host = get_host()
+    spec = host.datasets.get(task_id) if task_id in host.datasets else None
+    cmd = f"lspt prepare-data {task_id}" + ("" if spec is not None and not spec.needs_root else " --root DIR")
     hint = f"run `{cmd}`"
-    if "/" not in task_id and task_id not in ("cub", "nabirds", "flowers", "dogs", "cars", "digits"):
+    if spec is None and "/" not in task_id:
         hint += f" (for your own data: `lspt prepare-data imagefolder --root DIR --name {task_id}`)"
     return DataError(f"task '{task_id}' is not prepared (no manifest at {path})", hint=hint)
 
@@ -280,9 +283,28 @@ def load_manifest(task: str, name: str | None = None) -> Manifest:
     return manifest
 
 
+def call_prepare(spec, *args: Any, many: bool = False, **kwargs: Any):
+    """Run a dataset's `prepare` (plugin code: stdout to stderr) and check that it returned a
+    Manifest (or, with `many`, a list of them); anything else is an error of its plugin."""
+    from ..errors import PluginError
+    from ..plugins import dataset_owner_label, describe, plugin_code, resolve_factory
+
+    prepare = resolve_factory(spec.prepare)
+    try:
+        with plugin_code():
+            result = prepare(*args, **kwargs)
+    except SystemExit as exc:
+        raise PluginError(f"dataset '{spec.name}' of plugin {dataset_owner_label(spec.name)}: prepare() {describe(exc)}") from None
+    items = result if many and isinstance(result, list) else [result]
+    if not items or not all(isinstance(m, Manifest) for m in items):
+        raise PluginError(f"dataset '{spec.name}' of plugin {dataset_owner_label(spec.name)}: prepare() returned "
+                          f"{type(result).__name__}, expected a lspt_cli.data.manifest.Manifest")
+    return result
+
+
 def _auto_prepare(task_id: str) -> None:
     """Prepare a registered dataset that needs no root (e.g. digits) the first time it is used."""
-    from ..plugins import call_prepare, get_host
+    from ..plugins import get_host
 
     host = get_host()
     if task_id not in host.datasets:

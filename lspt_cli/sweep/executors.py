@@ -284,7 +284,7 @@ def check_executor(name: str, options: dict[str, str], host):
 
 def open_executor(name: str, options: dict[str, str], *, workers: int, sweep_dir: Path, host):
     """Check the executor (check_executor), then build it with its spec's factory."""
-    from ..specs import resolve_factory
+    from ..plugins import resolve_factory
 
     spec = check_executor(name, options, host)
     return resolve_factory(spec.factory)(dict(options), workers=workers, sweep_dir=Path(sweep_dir), host=host)

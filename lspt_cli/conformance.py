@@ -1,0 +1,513 @@
+"""The conformance checks `lspt plugins check` runs, and plugin authors run from pytest.
+
+`run_check(name)` builds the registered component on the tiny `vit-tiny` and checks what the
+core relies on (timm's model tests are the model: forward without NaNs, every trainable tensor
+gets a gradient, state_dict round-trips, options reach `config()`), returning a `CheckReport` with
+one `CheckResult` per check (ok, fail or skip, a message and a hint). The CLI command and
+`lspt_cli.testing` (the authors' kit, which re-exports these) call the same functions. Torch is
+imported only when a check runs.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import LsptError, UsageError
+
+STEPS = 5  # optimizer steps in which every trainable tensor must get a non-zero gradient
+BATCH = 4
+CLASSES = 3
+
+
+# -- results -------------------------------------------------------------------------------------
+@dataclass
+class CheckResult:
+    """One check: `status` is "ok", "fail" or "skip"; `hint` says how to fix a failure."""
+
+    check: str
+    status: str
+    message: str = ""
+    hint: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "fail"
+
+    def to_json(self) -> dict[str, str]:
+        return {"check": self.check, "status": self.status, "message": self.message, "hint": self.hint}
+
+
+@dataclass
+class CheckReport:
+    """All checks of one component. `assert_ok()` fails a pytest test naming every failed check."""
+
+    name: str
+    kind: str
+    results: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def failed(self) -> list[str]:
+        return [r.check for r in self.results if not r.ok]
+
+    def result(self, check: str) -> CheckResult:
+        return next(r for r in self.results if r.check == check)
+
+    def lines(self) -> list[str]:
+        out = []
+        for r in self.results:
+            line = f"{r.status.upper():4}  {self.kind} {self.name}: {r.check}" + (f": {r.message}" if r.message else "")
+            if r.status == "fail" and r.hint:
+                line += f"  (fix: {r.hint})"
+            out.append(line)
+        return out
+
+    def assert_ok(self) -> "CheckReport":
+        if not self.ok:
+            raise AssertionError(f"{self.kind} '{self.name}' failed check(s) {', '.join(self.failed)}:\n" + "\n".join(self.lines()))
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "ok": self.ok, "failed": self.failed,
+                "checks": [r.to_json() for r in self.results]}
+
+
+class _Checks:
+    """Runs named checks in order; a check returns a message (ok), raises _Fail/_Skip, or crashes."""
+
+    def __init__(self, report: CheckReport):
+        self.report = report
+        self.blocked: str | None = None  # a failed prerequisite: later checks are skipped, naming it
+
+    def run(self, check: str, fn: Callable[[], str | None], hint: str = "", prerequisite: bool = False) -> bool:
+        if self.blocked:
+            self.report.results.append(CheckResult(check, "skip", f"needs '{self.blocked}' to pass"))
+            return False
+        try:
+            message = fn() or ""
+        except _Skip as exc:
+            self.report.results.append(CheckResult(check, "skip", str(exc)))
+            return False
+        except _Fail as exc:
+            self.report.results.append(CheckResult(check, "fail", str(exc), exc.hint or hint))
+        except LsptError as exc:
+            self.report.results.append(CheckResult(check, "fail", exc.message, exc.hint or hint))
+        except Exception as exc:  # a plugin bug: name it, never crash the checker
+            self.report.results.append(CheckResult(check, "fail", f"{type(exc).__name__}: {exc}", hint))
+        else:
+            self.report.results.append(CheckResult(check, "ok", message))
+            return True
+        if prerequisite:
+            self.blocked = check
+        return False
+
+
+class _Fail(Exception):
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+
+class _Skip(Exception):
+    pass
+
+
+# -- entry point ---------------------------------------------------------------------------------
+def check_kinds(name: str, host=None) -> list[str]:
+    """The kinds of component registered under `name` (a strategy and a dataset may share one)."""
+    from .plugins import get_host
+
+    host = host or get_host()
+    return [kind for kind in ("strategy", "backbone", "dataset", "recipe") if name in host.registry(kind)]
+
+
+def run_check(name: str, kind: str | None = None, *, host=None, root: str | Path | None = None,
+              weights: str | Path | None = None, backbone: str = "vit-tiny") -> CheckReport:
+    """Run every conformance check of the registered component `name` (its kind found if not given).
+
+    Strategies and datasets are exercised on `backbone` (default vit-tiny, random init, no download);
+    `root` is the data folder of a dataset that needs one; `weights` a backbone's weights file.
+    Nothing is written outside a temporary directory.
+    """
+    from .plugins import get_host
+
+    host = host or get_host()
+    kinds = [kind] if kind else check_kinds(name, host)
+    if not kinds:
+        close = [n for k in ("strategy", "backbone", "dataset", "recipe") for n in host.registry(k).names() if _close(name, n)]
+        raise UsageError(f"nothing named '{name}' is registered (no strategy, backbone, dataset or recipe)",
+                         hint=f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see `lspt plugins`")
+    kind = kinds[0]
+    host.registry(kind).get(name)  # unknown name for an explicit kind: the usual UsageError
+    report = CheckReport(name=name, kind=kind)
+    import torch
+
+    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory(prefix="lspt-check-") as tmp:
+        {"strategy": _strategy_checks, "backbone": _backbone_checks, "dataset": _dataset_checks,
+         "recipe": _recipe_checks}[kind](_Checks(report), name, host, Path(tmp), root=root, weights=weights, backbone=backbone)
+    return report
+
+
+def _close(a: str, b: str) -> bool:
+    import difflib
+
+    return bool(difflib.get_close_matches(a, [b], n=1))
+
+
+# -- strategies ----------------------------------------------------------------------------------
+def _batch(backbone, seed: int = 0):
+    import torch
+
+    size = int(backbone.data_config["input_size"][-1])
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(BATCH, backbone.dims.in_chans, size, size, generator=g)
+    labels = torch.arange(BATCH) % CLASSES
+    return images, labels
+
+
+def _train_steps(model, images, labels, steps: int, watch=None) -> list[float]:
+    """A few SGD steps on one batch, as `lspt tune` takes them (train mode, cross-entropy)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if watch is not None:
+            watch.observe()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _strategy_checks(checks: _Checks, name: str, host, tmp: Path, *, backbone: str, **_) -> None:
+    import torch
+
+    from . import bundle
+    from .engine.grad_watch import GradWatch
+    from .engine.restore import model_from_bundle
+    from .prompted import PromptedViT, build_strategy, load_backbone
+
+    spec = host.strategies.get(name)
+    frozen = load_backbone(backbone, host=host)
+    dims = frozen.dims
+    images, labels = _batch(frozen)
+
+    def model(config=None, seed=0):
+        torch.manual_seed(seed)
+        return PromptedViT(frozen, build_strategy(name, dims, config, host=host), CLASSES)
+
+    def build():
+        strategy = build_strategy(name, dims, {}, host=host)
+        if not isinstance(strategy.config(), dict):
+            raise _Fail("config() does not return a dict", "config() returns the constructor's options (a bundle records them)")
+        json.dumps(strategy.config())
+        n = sum(p.numel() for p in strategy.parameters() if p.requires_grad)
+        return f"{type(strategy).__name__} on {backbone} ({n:,} trainable parameters, defaults {spec.defaults})"
+
+    checks.run("build", build, "the factory is called as factory(dims, **defaults) and returns a "
+               "lspt_cli.prompted.PromptStrategy; config() must be JSON (docs/plugins.md)", prerequisite=True)
+
+    def forward():
+        m = model()
+        for mode in (True, False):
+            m.train(mode)
+            logits = m(images)
+            if tuple(logits.shape) != (BATCH, CLASSES):
+                raise _Fail(f"logits have shape {tuple(logits.shape)}, expected {(BATCH, CLASSES)}",
+                            "keep the prefix tokens (CLS) where they are: the head reads x[:, :prefix]")
+            if not torch.isfinite(logits).all():
+                raise _Fail("non-finite logits", "check the strategy's initialisation")
+        return "train and eval mode, finite logits"
+
+    checks.run("forward", forward, "start(x) returns a dict; before_block/after_block return tokens [B, T, D]",
+               prerequisite=True)
+
+    def gradients():
+        m = model()
+        watch = GradWatch(m)
+        _train_steps(m, images, labels, STEPS, watch)
+        dead = watch.dead()
+        if dead:
+            raise _Fail(
+                f"no non-zero gradient in {STEPS} steps: {', '.join(dead)}",
+                "every nn.Parameter must reach the tokens: use it in before_block/after_block (start only returns "
+                "state), or freeze it with requires_grad_(False)",
+            )
+        return f"all {len(watch.params)} trainable tensors got a non-zero gradient within {STEPS} steps"
+
+    checks.run("gradients", gradients)
+
+    def count_params():
+        if spec.count_params is None:
+            raise _Skip("StrategySpec.count_params is not set (`lspt list strategies` shows no size)")
+        strategy = build_strategy(name, dims, {}, host=host)
+        actual = sum(p.numel() for p in strategy.parameters() if p.requires_grad)
+        claimed = spec.count_params(dims, spec.options({}))
+        if claimed != actual:
+            raise _Fail(f"count_params says {claimed:,}, the strategy has {actual:,} trainable parameters",
+                        "count_params(dims, config) must sum the numel of every trainable tensor (head excluded)")
+        return f"{actual:,}"
+
+    checks.run("count_params", count_params)
+
+    def round_trip():
+        m = model()
+        lost = [k for k in spec.defaults if k not in m.strategy.config()]
+        if lost:
+            raise _Fail(f"config() lacks option(s) {', '.join(lost)}: a bundle trained with --set {lost[0]}=... "
+                        "would be rebuilt with the default", "pass every option to super().__init__(dims, **options)")
+        _train_steps(m, images, labels, 2)
+        meta = bundle.make_metadata(
+            backbone={"name": backbone, "fingerprint": frozen.fingerprint, "source": frozen.source, "weights": None},
+            strategy={"name": name, "config": m.strategy.config()},
+            task={"name": "check", "classes": [f"c{i}" for i in range(CLASSES)], "benchmark": "custom"},
+            data_config=dict(frozen.data_config),
+        )
+        path = tmp / "check.safetensors"
+        bundle.save(path, m.trainable_state_dict(), meta)
+        restored, _ = model_from_bundle(path, backbone=frozen, host=host)
+        m.eval()
+        with torch.no_grad():
+            if not torch.equal(m(images), restored(images)):
+                raise _Fail("the restored model's logits differ from the trained model's",
+                            "keep all learned state in nn.Parameters/buffers, and make config() return every option")
+        return f"{len(m.trainable_state_dict())} tensors, identical logits"
+
+    checks.run("bundle round-trip", round_trip,
+               "config() must return every constructor option, and state_dict() hold every learned tensor")
+
+    def bad_option():
+        try:
+            build_strategy(name, dims, {"no_such_option": 1}, host=host)
+        except LsptError:
+            pass
+        else:
+            raise _Fail("an unknown option was accepted", "list every option in StrategySpec.defaults")
+        tried = []
+        for key, default in spec.defaults.items():
+            if not isinstance(default, (bool, int, float)):
+                continue  # strings, lists, None: their valid values are the strategy's business
+            tried.append(key)
+            try:
+                m = PromptedViT(frozen, build_strategy(name, dims, {key: "abc"}, host=host), CLASSES)
+                m(images)
+            except LsptError:
+                continue
+            except Exception as exc:
+                raise _Fail(f"--set {key}=abc raised {type(exc).__name__} ({exc}): a traceback for users",
+                            f"check '{key}' in the constructor and raise lspt_cli.ConfigError") from None
+            raise _Fail(f"--set {key}=abc was accepted without an error",
+                        f"check the type of '{key}' in the constructor and raise lspt_cli.ConfigError")
+        return "unknown option and " + (f"non-{'/'.join(sorted({type(spec.defaults[k]).__name__ for k in tried}))} "
+                                        f"value of {', '.join(tried)}" if tried else "no typed options") + ": clean errors"
+
+    checks.run("bad option", bad_option)
+
+    def seeded():
+        runs = []
+        for _ in range(2):
+            m = model(seed=0)
+            losses = _train_steps(m, images, labels, 2)
+            runs.append((losses, {k: v.clone() for k, v in m.trainable_state_dict().items()}))
+        (l1, s1), (l2, s2) = runs
+        different = [k for k in s1 if not torch.equal(s1[k], s2[k])]
+        if l1 != l2 or different:
+            raise _Fail(f"two runs with seed 0 differ ({', '.join(different) or 'losses'})",
+                        "draw randomness from torch's global RNG (torch.rand, nn.init, dropout), never from "
+                        "random/numpy or a private unseeded generator")
+        return "identical tensors after 2 steps"
+
+    checks.run("same seed, same result", seeded)
+
+
+# -- backbones -----------------------------------------------------------------------------------
+def _backbone_checks(checks: _Checks, name: str, host, tmp: Path, *, weights=None, **_) -> None:
+    import torch
+
+    from .prompted import PromptedViT, build_strategy, load_backbone
+
+    spec = host.backbones.get(name)
+    loaded: dict[str, Any] = {}
+
+    def build():
+        loaded["b"] = load_backbone(name, weights, host=host)
+        return f"{loaded['b'].source}"
+
+    checks.run("build", build, "factory(weights) returns a lspt_cli.backbone.FrozenBackbone; a backbone that "
+               "needs a file is checked with --weights FILE", prerequisite=True)
+
+    def dims():
+        d = loaded["b"].dims
+        wrong = [f"{k}: spec {getattr(spec, k)}, model {getattr(d, k)}" for k in ("embed_dim", "depth", "num_prefix_tokens")
+                 if getattr(spec, k) != getattr(d, k)]
+        if wrong:
+            raise _Fail("BackboneSpec disagrees with the model: " + "; ".join(wrong),
+                        "`lspt list` and count_params use the spec's embed_dim/depth/num_prefix_tokens: make them match")
+        if spec.readout != loaded["b"].readout:
+            raise _Fail(f"readout: spec {spec.readout!r}, model {loaded['b'].readout!r}", "pass the same readout to both")
+        return f"embed_dim {d.embed_dim}, depth {d.depth}, prefix {d.num_prefix_tokens}, {d.num_patches} patches"
+
+    checks.run("dims", dims)
+
+    def frozen():
+        b = loaded["b"]
+        trainable = [n for n, p in b.named_parameters() if p.requires_grad]
+        training = [n for n, m in b.named_modules() if m.training and n]  # FrozenBackbone itself is a wrapper
+        if trainable or training:
+            raise _Fail(f"{len(trainable)} trainable backbone tensor(s), {len(training)} module(s) in train mode",
+                        "wrap the model in FrozenBackbone, which freezes it and keeps it in eval mode")
+        return "no trainable tensor, eval mode"
+
+    checks.run("frozen", frozen)
+
+    def data_config():
+        dc = loaded["b"].data_config
+        missing = [k for k in ("input_size", "mean", "std") if k not in dc]
+        if missing:
+            raise _Fail(f"data_config lacks {', '.join(missing)}", "pass data_config=timm.data.resolve_data_config(...)")
+        return f"input {tuple(dc['input_size'])}"
+
+    checks.run("data config", data_config, prerequisite=True)
+
+    def forward_backward():
+        b = loaded["b"]
+        images, labels = _batch(b)
+        torch.manual_seed(0)
+        m = PromptedViT(b, build_strategy("vpt-deep", b.dims, {"num_prompts": 2}, host=host), CLASSES)
+        m.train()
+        logits = m(images)
+        if tuple(logits.shape) != (BATCH, CLASSES) or not torch.isfinite(logits).all():
+            raise _Fail(f"logits of shape {tuple(logits.shape)}, finite: {bool(torch.isfinite(logits).all())}")
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        dead = [n for n, p in m.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.ne(0).any())]
+        if dead:
+            raise _Fail(f"no gradient reaches {', '.join(dead)} through the backbone",
+                        "embed/blocks/read_out must stay differentiable (no torch.no_grad, no detach)")
+        return "vpt-deep prompts and head get gradients through the frozen blocks"
+
+    checks.run("forward and backward", forward_backward)
+
+    def deterministic():
+        again = load_backbone(name, weights, host=host)
+        if again.fingerprint != loaded["b"].fingerprint:
+            raise _Fail("two loads give different fingerprints", "random init must use a fixed seed "
+                        "(torch.random.fork_rng + manual_seed), so bundles can check the backbone")
+        return f"fingerprint {loaded['b'].fingerprint}"
+
+    checks.run("same weights, same fingerprint", deterministic)
+
+
+# -- datasets ------------------------------------------------------------------------------------
+def _dataset_checks(checks: _Checks, name: str, host, tmp: Path, *, root=None, backbone: str, **_) -> None:
+    import torch
+
+    from .data.loader import build_loader
+    from .data.manifest import Manifest
+    from .prompted import PromptedViT, build_strategy, load_backbone
+    from .plugins import resolve_factory
+
+    spec = host.datasets.get(name)
+    made: dict[str, Any] = {}
+
+    def prepare(out: Path):
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = resolve_factory(spec.prepare)(Path(root) if (spec.needs_root and root) else None, out)
+        if not isinstance(manifest, Manifest):
+            raise _Fail(f"prepare returned {type(manifest).__name__}, not a lspt_cli.data.manifest.Manifest")
+        manifest.directory = out
+        return manifest
+
+    def build():
+        if spec.needs_root and root is None:
+            raise _Fail("this dataset needs its files", "run the check with --root DIR (the unpacked dataset)")
+        made["m"] = prepare(tmp / "a")
+        made["m"].validate()
+        return f"{len(made['m'].classes)} classes, " + ", ".join(f"{s} {len(v)}" for s, v in made["m"].splits.items())
+
+    checks.run("prepare", build, "prepare(root, out_dir, **options) returns a valid Manifest", prerequisite=True)
+
+    def splits():
+        m = made["m"]
+        empty = [s for s in ("train", "val", "test", "trainval") if not m.splits.get(s)]
+        if empty:
+            raise _Fail(f"empty split(s): {', '.join(empty)}", "tune needs train, val and test (and trainval for --final)")
+        if m.benchmark != spec.benchmark:
+            raise _Fail(f"manifest benchmark {m.benchmark!r}, DatasetSpec says {spec.benchmark!r}", "make them agree")
+        return "train, val, test and trainval are non-empty"
+
+    checks.run("splits", splits)
+
+    def loads_and_trains():
+        m = made["m"]
+        frozen = load_backbone(backbone, host=host)
+        dc = frozen.data_config
+        loader = build_loader(m, "train", input_size=int(dc["input_size"][-1]), mean=dc["mean"], std=dc["std"],
+                              train=True, batch_size=BATCH, use_cache=False)
+        images, labels = next(iter(loader))
+        if not torch.isfinite(images).all() or int(labels.max()) >= len(m.classes) or int(labels.min()) < 0:
+            raise _Fail("a batch has non-finite pixels or out-of-range labels")
+        torch.manual_seed(0)
+        model = PromptedViT(frozen, build_strategy("linear", frozen.dims, {}, host=host), len(m.classes))
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        return f"a batch of {tuple(images.shape)} trains on {backbone}"
+
+    checks.run("load and train", loads_and_trains, "every image key must open under manifest.root")
+
+    def deterministic():
+        again = prepare(tmp / "b")
+        first = made["m"]
+        if again.splits != first.splits or again.classes != first.classes:
+            raise _Fail("two prepares give different splits", "seed any shuffling (random.Random(0)) so splits are reproducible")
+        return "identical splits"
+
+    checks.run("same files, same splits", deterministic)
+
+
+# -- recipes -------------------------------------------------------------------------------------
+def _recipe_checks(checks: _Checks, name: str, host, tmp: Path, **_) -> None:
+    from .recipes import recipe_layers
+    from .settings import TrainConfig
+
+    spec = host.recipes.get(name)
+
+    def values():
+        train, _ = recipe_layers(spec.values, spec.task if spec.task != "*" else "any")
+        TrainConfig(**train).validate(f"recipe '{name}'")
+        return ", ".join(f"{k}={v}" for k, v in sorted(train.items())) or "no train values"
+
+    checks.run("train values", values, "keys and types of [train] are TrainConfig's (lspt tune --help)")
+
+    def names():
+        missing = [f"{kind} '{value}'" for kind, value in (("strategy", spec.strategy), ("backbone", spec.backbone))
+                   if not any(c in value for c in "*?[") and value not in host.registry(kind)]
+        if missing:
+            raise _Fail(f"matches unregistered {', '.join(missing)}", "fix the [match] names (lspt list strategies/backbones)")
+        return f"strategy {spec.strategy}, backbone {spec.backbone}, benchmark {spec.benchmark}"
+
+    checks.run("match names", names)
+
+    def strategy_options():
+        _, options = recipe_layers(spec.values, spec.task if spec.task != "*" else "any")
+        if any(c in spec.strategy for c in "*?[") or spec.strategy not in host.strategies:
+            if options:
+                raise _Fail("[strategy] options without one named strategy to check them against")
+            raise _Skip("no [strategy] options")
+        from .prompted import build_strategy
+        from .backbone_dims import VIT_B16
+
+        build_strategy(spec.strategy, VIT_B16, options, host=host)
+        return f"{options or 'defaults'} build on ViT-B/16 shapes"
+
+    checks.run("strategy options", strategy_options, "every [strategy] key is an option of the strategy")
