@@ -2,9 +2,11 @@
 
     python benchmarks/serve.py [--tasks 1,4,16] [--seconds 8] [--clients 16] [--threads 1]
                                [--process-tasks 1,4] [--strategy vpt-deep --num-prompts 2]
+                               [--backbone mae-vitb [--weights FILE] --image-size 224]
 
 For every task count N it starts a real server (a subprocess on a free loopback port) serving N
-bundles (vit-tiny, random prompts; the backbone is lspt's registered vit-tiny) and runs --clients
+bundles (random prompts and heads on a registered backbone: vit-tiny by default; mae-vitb without
+--weights gets random ViT-B/16 weights, which run exactly as fast as MAE's) and runs --clients
 closed-loop HTTP clients (one keep-alive connection each, one 32x32 PNG per request, tasks in
 round robin) for --seconds, in three set-ups:
 
@@ -45,36 +47,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_bundles(directory: Path, n: int, strategy: str, num_prompts: int) -> list[Path]:
+def make_bundles(directory: Path, n: int, strategy: str, num_prompts: int, backbone: str = "vit-tiny",
+                 weights: Path | None = None) -> list[Path]:
+    """n bundles on one registered backbone, random prompts and heads (the speed does not depend on them)."""
     import torch
-    from timm.models.vision_transformer import VisionTransformer
 
     import lspt
-    from lspt_plugins.backbones.timm_vit import TINY_CONFIG, TINY_SEED
+    from lspt_cli.prompted import PromptedViT, build_strategy, load_backbone
 
     directory.mkdir(parents=True, exist_ok=True)
+    frozen = load_backbone(backbone, weights)
     options = {} if strategy == "linear" else {"num_prompts": num_prompts}
     paths = []
     for i in range(n):
-        torch.manual_seed(TINY_SEED)
-        vit = VisionTransformer(**TINY_CONFIG, num_classes=0)
-        net = lspt.wrap(vit, strategy, num_classes=10, backbone="vit-tiny", **options)
-        g = torch.Generator().manual_seed(1000 + i)
+        torch.manual_seed(1000 + i)
+        model = PromptedViT(frozen, build_strategy(strategy, frozen.dims, options), 10)
         with torch.no_grad():
-            for p in net.trainable_parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+            for p in model.trainable_parameters():
+                p.add_(torch.randn_like(p) * 0.5)
+        net = lspt.PromptedModel(model, strategy)
         paths.append(net.save(directory / f"task{i:02d}.safetensors", classes=[f"c{j}" for j in range(10)]))
     return paths
 
 
-def png(seed: int) -> bytes:
+def random_mae_weights(path: Path) -> Path:
+    """A timm-format ViT-B/16 (MAE layout) state dict with random values: ViT-B's speed without a download."""
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model("vit_base_patch16_224.mae", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def png(seed: int, size: int = 32) -> bytes:
     import io
 
     import numpy as np
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -198,10 +211,13 @@ def run_server(bundles, home, threads, extra, clients, seconds) -> dict:
     return measure(servers, [(servers[0].port, i) for i in range(len(bundles))], clients, seconds)
 
 
+IMAGE_SIZE = [32]
+
+
 def measure(servers: list[Server], routes_by_task: list[tuple[int, int]], clients: int, seconds: float) -> dict:
     bodies = {}
     for k, (port, index) in enumerate(routes_by_task):
-        bodies[k] = (port, json.dumps({"task": f"task{index:02d}", "images": [base64.b64encode(png(k)).decode()], "top_k": 1}).encode())
+        bodies[k] = (port, json.dumps({"task": f"task{index:02d}", "images": [base64.b64encode(png(k, IMAGE_SIZE[0])).decode()], "top_k": 1}).encode())
     try:
         before = [s.metrics() for s in servers]
         result = load([bodies[k] for k in range(len(bodies))], clients, seconds)
@@ -227,17 +243,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per server process.")
+    parser.add_argument("--backbone", default="vit-tiny", help="A registered backbone; mae-vitb without --weights uses random ViT-B weights.")
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--image-size", type=int, default=32, help="Side of the PNGs sent (the server resizes them).")
     parser.add_argument("--strategy", default="vpt-deep")
     parser.add_argument("--num-prompts", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     args = parser.parse_args()
     tasks = [int(x) for x in args.tasks.split(",") if x]
+    IMAGE_SIZE[0] = args.image_size
     per_task = [int(x) for x in args.process_tasks.split(",") if x]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["LSPT_HOME"] = str(tmp / "home")
-        bundles = make_bundles(tmp / "bundles", max(tasks), args.strategy, args.num_prompts)
+        weights = args.weights
+        if weights is None and args.backbone == "mae-vitb":
+            weights = random_mae_weights(tmp / "mae-random.safetensors")
+        bundles = make_bundles(tmp / "bundles", max(tasks), args.strategy, args.num_prompts, args.backbone, weights)
         rows = []
         for n in tasks:
             chosen = bundles[:n]
@@ -268,8 +291,9 @@ def main() -> None:
 
     doc = {
         "benchmark": "lspt serve", "command": " ".join(["python", "benchmarks/serve.py", *sys.argv[1:]]),
-        "backbone": "vit-tiny", "strategy": args.strategy, "num_prompts": args.num_prompts, "device": "cpu",
-        "clients": args.clients, "seconds": args.seconds, "threads_per_server": args.threads,
+        "backbone": args.backbone, "weights": "random" if args.backbone == "mae-vitb" and args.weights is None else str(args.weights or ""),
+        "strategy": args.strategy, "num_prompts": args.num_prompts, "device": "cpu",
+        "clients": args.clients, "image_size": args.image_size, "seconds": args.seconds, "threads_per_server": args.threads,
         "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "results": rows, "ratios": ratios,

@@ -202,20 +202,42 @@ def test_wrap_trains_in_a_plain_loop_and_lspt_eval_gives_the_same_accuracy(cli, 
 
 
 # -- the README's "Python API" example runs as written -------------------------------------------------------
-def readme_example() -> str:
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "python-api.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    assert blocks, "docs/python-api.md has no python example"
-    return blocks[0]
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_documented_example_runs(tmp_path, monkeypatch):
-    """docs/python-api.md's first example (also README "Python API"), run with its files made here."""
+def documented_examples() -> list[tuple[str, str]]:
+    """The first python block of docs/python-api.md and the one under README's "## Python API"."""
+    examples = []
+    page = (ROOT / "docs" / "python-api.md").read_text()
+    examples.append(("docs/python-api.md", re.findall(r"```python\n(.*?)```", page, flags=re.S)[0]))
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0] if "\n## Python API\n" in readme else ""
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    if blocks:
+        examples.append(("README.md", blocks[0]))
+    return examples
+
+
+def test_the_readme_has_the_documented_example():
+    sources = dict(documented_examples())
+    assert sources.get("README.md") == sources["docs/python-api.md"]
+    assert len(sources["README.md"].strip().splitlines()) <= 16
+
+
+@pytest.mark.parametrize("source", ["docs/python-api.md", "README.md"])
+def test_the_documented_example_runs(source, tmp_path, monkeypatch):
+    """The example, run as written, on bundles and a photo made here (README "Python API")."""
     from PIL import Image
 
+    code = dict(documented_examples()).get(source)
+    if code is None:
+        pytest.skip(f"{source} has no Python API example")
     monkeypatch.chdir(tmp_path)
     make_bundles(tmp_path, [("digits", "vpt-deep", {"num_prompts": 2}), ("letters", "gapt", {"num_prompts": 2})])
     Image.open(__import__("io").BytesIO(png_bytes(1))).save(tmp_path / "photo.png")
-    namespace: dict = {}
-    exec(compile(readme_example(), "python-api.md", "exec"), namespace)  # noqa: S102 - our own docs
-    assert Path("my-task.safetensors").is_file()
+    exec(compile(code, source, "exec"), {})  # noqa: S102 - our own docs
+    from lspt_cli.bundle import read_header
+
+    header = read_header(tmp_path / "my-task.safetensors")
+    assert header.task["classes"] == ["cat", "dog", "fox"] and header.strategy["name"] == "vpt-deep"
+    assert header.backbone["name"] == "timm:vit_tiny_patch16_224"
