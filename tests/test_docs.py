@@ -175,23 +175,41 @@ def workspace(tmp_path_factory):
     return tmp_path_factory.mktemp("docs-workspace")
 
 
+def runnable_argv(command: DocCommand) -> list[str]:
+    argv = list(command.argv)
+    if argv[0] == "tune" and "--dry-run" not in argv and "--epochs" not in argv:
+        argv += ["--epochs", "1"]
+    if argv[0] == "sweep":
+        argv += ["--plan"]
+    return argv
+
+
+def producer(command: DocCommand) -> DocCommand | None:
+    """The earlier docs command whose `--out DIR` this one reads (`lspt inspect digits-run/...`)."""
+    firsts = {Path(a).parts[0] for a in command.argv if not a.startswith("-") and Path(a).parts}
+    for other in COMMANDS[: COMMANDS.index(command)]:
+        argv = other.argv
+        if other.rule() and other.rule()[0] == "run" and "--out" in argv and argv[argv.index("--out") + 1] in firsts:
+            return other
+    return None
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.where} {c.text[:60]}" for c in COMMANDS])
 def test_docs_command(command, workspace, monkeypatch, tmp_path):
     rule = command.rule()
     if rule is None:
         pytest.fail("unclassified: see test_every_docs_command_is_classified")
     kind, _ = rule
-    argv = list(command.argv)
-    if kind == "run" and argv[0] == "tune" and "--dry-run" not in argv and "--epochs" not in argv:
-        argv += ["--epochs", "1"]
-    if kind == "run" and argv[0] == "sweep":
-        argv += ["--plan"]
+    argv = runnable_argv(command) if kind == "run" else list(command.argv)
     check_against_parser(argv)
     if kind == "parse":
         return
     monkeypatch.setenv("LSPT_HOME", str(workspace / "home"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(tmp_path if argv[:2] == ["plugins", "new"] else workspace)
+    source = producer(command)
+    if source is not None and not (workspace / source.argv[source.argv.index("--out") + 1]).exists():
+        assert run_cli(*runnable_argv(source)).exit_code == 0  # run alone (-k): make what it reads first
     result = run_cli(*argv, env=dict(command.env) or None)
     assert result.exit_code == 0, f"{command.where}: lspt {' '.join(argv)}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     if "--dry-run" in argv:
