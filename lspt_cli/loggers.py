@@ -21,18 +21,13 @@ The logger interface (duck-typed; see docs/plugins.md):
 
 from __future__ import annotations
 
-import importlib
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import UsageError
-from .messages import one_line
 
 LOGGERS_STATE = "loggers.json"
-NAMES_FORM = re.compile(r"\s*[\w.-]+(\s*,\s*[\w.-]+)*\s*|\s*")
 
 
 def parse_names(value: str | Iterable[str] | None) -> list[str]:
@@ -43,37 +38,14 @@ def parse_names(value: str | Iterable[str] | None) -> list[str]:
 
 def check_loggers(value: str | Iterable[str] | None, host) -> list:
     """The LoggerSpecs a run asks for; an unknown name or a missing module is a UsageError naming the extra."""
+    from .plugins import check_requirements
+
     specs = []
     for name in parse_names(value):
         spec = host.loggers.get(name)  # "unknown logger 'x'; available: ..."
-        for module in spec.requires:
-            problem = _import_problem(module)
-            if problem:
-                install = f"pip install 'lspt[{spec.extra}]'" if spec.extra else f"pip install {module}"
-                raise UsageError(f"--log {name} needs the Python package '{module}' ({problem})",
-                                 hint=f"install the extra: {install}")
+        check_requirements(spec, f"--log {name}")
         specs.append(spec)
     return specs
-
-
-def installed(spec) -> bool:
-    """Whether every module a LoggerSpec requires can be found (without importing it: `lspt list`)."""
-    from importlib.util import find_spec
-
-    try:
-        return all(find_spec(module) is not None for module in spec.requires)
-    except (ImportError, ValueError):  # a parent package missing, or a module set to None
-        return False
-
-
-def _import_problem(module: str) -> str | None:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return "not installed"
-    except Exception as exc:  # noqa: BLE001  (a broken install: protobuf mismatch, ...)
-        return f"cannot be imported: {one_line(f'{type(exc).__name__}: {exc}')}"
-    return None
 
 
 class RunLoggers:

@@ -483,3 +483,36 @@ def _factory_error(factory: str, problem: str):
     owner = f"plugin {record.label}" if record is not None else "a plugin"
     return PluginError(f"{owner} names a factory {factory!r} that cannot be loaded: {one_line(problem)}",
                        hint="fix the 'package.module:attribute' string in the plugin's registration")
+
+
+# -- optional extras ---------------------------------------------------------------------------------
+def requirement_problem(module: str, *, import_it: bool) -> str | None:
+    """Why `module` cannot be used, or None. `import_it` also catches a broken install (a protobuf
+    mismatch) at the price of the import; without it the module is only looked up (`lspt list`)."""
+    from importlib.util import find_spec
+
+    try:
+        if not import_it:
+            return None if find_spec(module) is not None else "not installed"
+        importlib.import_module(module)
+    except ImportError:
+        return "not installed"
+    except Exception as exc:  # noqa: BLE001  (a broken install, or a parent package set to None)
+        return f"cannot be imported: {one_line(f'{type(exc).__name__}: {exc}')}"
+    return None
+
+
+def check_requirements(spec, asked_as: str, *, import_it: bool = True) -> None:
+    """Every module a component `requires` is usable, else one UsageError naming the module and the
+    extra that installs it; `asked_as` is how the user named the component (`--log mlflow`)."""
+    for module in spec.requires:
+        problem = requirement_problem(module, import_it=import_it)
+        if problem:
+            install = f"pip install 'lspt[{spec.extra}]'" if spec.extra else f"pip install {module}"
+            raise UsageError(f"{asked_as} needs the Python package '{module}' ({problem})",
+                             hint=f"install the extra: {install}")
+
+
+def requirements_installed(spec) -> bool:
+    """Whether every module a component requires can be found, without importing it."""
+    return all(requirement_problem(module, import_it=False) is None for module in spec.requires)

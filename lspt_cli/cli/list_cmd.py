@@ -46,9 +46,9 @@ def rows_for(kind: str, pattern: str | None = None) -> list[dict]:
         elif kind == "recipes":
             row.update(strategy=spec.strategy, backbone=spec.backbone, benchmark=spec.benchmark, task=spec.task, source=spec.source)
         elif kind in ("loggers", "executors"):  # whether its extra is installed, without importing it
-            from ..loggers import installed
+            from ..plugins import requirements_installed
 
-            row.update(extra=spec.extra, installed=installed(spec))
+            row.update(extra=spec.extra, installed=requirements_installed(spec))
             if kind == "executors":
                 row["options"] = dict(spec.options)
         rows.append(row)

@@ -17,6 +17,7 @@ from typing import Any, List, Optional
 import typer
 
 from .. import hookimpl, schema
+from ..data.manifest import task_benchmark
 from ..errors import UsageError
 from ..run_handle import latest_link, point_latest
 from ..settings import RESUME_MAY_CHANGE, one_of
@@ -38,22 +39,6 @@ def parse_assignments(items: list[str] | None) -> dict[str, Any]:
             value = raw
         result[key.strip()] = value
     return result
-
-
-def task_benchmark(task: str) -> str:
-    """The benchmark family of a task: from its registration, else from its prepared manifest."""
-    from ..plugins import get_host
-
-    host = get_host()
-    if task in host.datasets:
-        return host.datasets.get(task).benchmark
-    from ..data.manifest import load_manifest
-
-    try:
-        return load_manifest(task).benchmark
-    except Exception:
-        host.datasets.get(task)  # raises "unknown dataset 'x'; available: ..."
-        raise
 
 
 def default_run_dir(task: str, strategy: str, backbone: str) -> Path:
@@ -232,20 +217,21 @@ def _check_task_ready(task: str) -> None:
 
 
 def _check_fresh_run_dir(run_dir: Path, allow_existing: bool) -> None:
-    from ..rundir import CHECKPOINT_NAME, CONFIG_NAME, RUN_FILES
+    """A new run starts in an empty directory, or over an earlier run's files with --overwrite."""
+    from ..rundir import clear_run_files, run_state
 
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir}: --out must be a directory")
-    if (run_dir / CONFIG_NAME).exists() or (run_dir / CHECKPOINT_NAME).exists():
+    state = run_state(run_dir)
+    if state != "new":
         if not allow_existing:
+            what = "a run" if state in ("finished", "partial") else "files of an earlier run"
             raise UsageError(
-                f"{run_dir} already holds a run",
-                hint=f"continue it with: lspt tune --resume {run_dir}  (or pass --overwrite to start over)",
+                f"{run_dir} already holds {what}",
+                hint=f"continue it with: lspt tune --resume {run_dir}  (or pass --overwrite to start over)"
+                if state == "partial" else "pass --overwrite to start over, or choose another --out",
             )
-        for name in RUN_FILES:
-            if name == CONFIG_NAME:
-                continue
-            (run_dir / name).unlink(missing_ok=True)
+        clear_run_files(run_dir)
 
 
 def run_tune(config, run_dir: Path, *, resume: bool, json_: bool, quiet: bool, host, allow_existing: bool = False) -> dict:

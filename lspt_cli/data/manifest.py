@@ -283,6 +283,20 @@ def load_manifest(task: str, name: str | None = None) -> Manifest:
     return manifest
 
 
+def task_benchmark(task: str, host=None) -> str:
+    """The benchmark family of a task: from its registration, else from its prepared manifest."""
+    from ..plugins import get_host
+
+    host = host or get_host()
+    if task in host.datasets:
+        return host.datasets.get(task).benchmark
+    try:
+        return load_manifest(task).benchmark
+    except Exception:  # noqa: BLE001
+        host.datasets.get(task)  # raises "unknown dataset 'x'; available: ..."
+        raise
+
+
 def call_prepare(spec, *args: Any, many: bool = False, **kwargs: Any):
     """Run a dataset's `prepare` (plugin code: stdout to stderr) and check that it returned a
     Manifest (or, with `many`, a list of them); anything else is an error of its plugin."""

@@ -35,7 +35,7 @@ from .executors import (LocalExecutor, check_executor, open_executor, payload, r
 from .grid import (DEFAULT_SEEDS, GRID_ALIASES, SHORT_NAMES, STDERR_TAIL, TRIAL_CONFIG, SweepSpec, Trial,
                    build_final_trials, build_grid_trials, check_grid_keys, expand_tasks, format_value, grid_points,
                    make_trial, ordered_point, parse_grid, parse_seeds, prepared_task_ids, run_state, select_best,
-                   select_trial, selection_key, task_benchmark, task_dir_name, task_grid, task_rule, trial_name)
+                   select_trial, selection_key, task_dir_name, task_grid, task_rule, trial_name)
 from .render import SWEEP_CSV, SWEEP_JSON, SWEEP_MD, plan, point_text, render_csv, render_markdown
 from .state import claim, config_mismatch, fill_metrics, read_summary, record_for
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from .. import schema
 from ..errors import LsptError
-from ..rundir import RUN_FILES
+from ..rundir import clear_run_files
 from .grid import STDERR_TAIL, Trial, run_state
 from .state import claim, read_summary
 
@@ -41,8 +41,7 @@ def run_in_process(trial: Trial, host) -> tuple[str, dict | None, str | None]:
             if state == "finished" and read_summary(trial.run_dir) is not None:
                 return "skipped", read_summary(trial.run_dir), None
             if state == "stale":
-                for name in RUN_FILES:
-                    (trial.run_dir / name).unlink(missing_ok=True)
+                clear_run_files(trial.run_dir)
             check_writable(trial.run_dir)
             config = schema.run_config(trial.config_file)  # what every executor runs: the trial's file
             summary = Trainer(config, trial.run_dir, host=host).run(resume=state == "partial")
@@ -261,24 +260,15 @@ class LocalExecutor:
 def check_executor(name: str, options: dict[str, str], host):
     """The ExecutorSpec of `--executor NAME --executor-opt K=V`; an unknown name or option, or a
     missing extra, is one `Error:` before the sweep dir is touched."""
-    import importlib.util
-
     from ..errors import UsageError
+    from ..plugins import check_requirements
 
     spec = host.executors.get(name)  # "unknown executor 'x'; available: ..."
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         raise UsageError(f"unknown --executor-opt '{unknown[0]}' for executor '{name}'; allowed: "
                          f"{', '.join(sorted(spec.options)) or '(none)'}", hint="see lspt list executors")
-    for module in spec.requires:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            install = f"pip install 'lspt[{spec.extra}]'" if spec.extra else f"pip install {module}"
-            raise UsageError(f"--executor {name} needs the Python package '{module}', which is not installed",
-                             hint=f"install the extra: {install}")
+    check_requirements(spec, f"--executor {name}", import_it=False)  # importing ray takes seconds: looked up only
     return spec
 
 

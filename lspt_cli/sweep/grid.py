@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import LsptError, UsageError
-from ..rundir import CHECKPOINT_NAME, CONFIG_NAME, RUN_FILES, SUMMARY_NAME
+from ..data.manifest import task_benchmark
+from ..rundir import run_state
 from ..selection import BEST_VAL, Rule, rule_for, selection_value
 
 DEFAULT_SEEDS = (42, 44, 82, 100, 800)  # VPT's final-run seeds: KMnP/vpt@4410440 tune_vtab.py:284
@@ -157,18 +158,6 @@ def task_dir_name(task: str) -> str:
     return task.replace("/", "-")
 
 
-def run_state(run_dir: Path) -> str:
-    """'finished' (summary.json), 'partial' (a checkpoint to resume), 'stale' (leftovers) or 'new'."""
-    run_dir = Path(run_dir)
-    if (run_dir / SUMMARY_NAME).exists():
-        return "finished"
-    if (run_dir / CHECKPOINT_NAME).exists() and (run_dir / CONFIG_NAME).exists():
-        return "partial"
-    if run_dir.exists() and any((run_dir / n).exists() for n in RUN_FILES):
-        return "stale"
-    return "new"
-
-
 @dataclass
 class Trial:
     task: str
@@ -229,20 +218,6 @@ class SweepSpec:
     weights: str | None = None
     recipe: str | None = None
     finals: bool = True
-
-
-def task_benchmark(task: str, host) -> str:
-    """The benchmark family of a task: from its registration, else from its prepared manifest
-    (as `lspt tune` finds it; kept here so the sweep never imports the CLI layer)."""
-    if task in host.datasets:
-        return host.datasets.get(task).benchmark
-    from ..data.manifest import load_manifest
-
-    try:
-        return load_manifest(task).benchmark
-    except Exception:  # noqa: BLE001
-        host.datasets.get(task)  # raises "unknown dataset 'x'; available: ..."
-        raise
 
 
 def _resolve(spec: SweepSpec, task: str, host, train: dict, strat: dict, final: bool):

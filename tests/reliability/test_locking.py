@@ -153,8 +153,7 @@ def test_in_process_trial_on_a_locked_run_dir_fails_naming_the_pid(tmp_path, tal
     holder = _holder(run, tmp_path)
     try:
         trial = Trial(task="digits", point={"lr": 0.1}, seed=1, final=False, run_dir=run,
-                      config=ResolvedConfig(backbone="vit-tiny", strategy="linear", task="digits", benchmark="custom"),
-                      argv=[])
+                      config=ResolvedConfig(backbone="vit-tiny", strategy="linear", task="digits", benchmark="custom"))
         outcome, summary, error = run_in_process(trial, host=None)
         assert outcome == "failed" and summary is None
         assert "in use" in error and f"pid {holder.pid}" in error
