@@ -105,11 +105,15 @@ def fake_task(task_id: str = "fake", classes: int = 3, per_split: tuple[int, int
 # -- running the CLI -----------------------------------------------------------------------------
 @dataclass
 class CliResult:
-    """What one `lspt` invocation did: exit code, stdout, stderr, and stdout parsed as JSON (or None)."""
+    """What one `lspt` invocation did: exit code, stdout, stderr, both as a terminal shows them
+    (`output`: interleaved in-process, stdout then stderr from a subprocess), and stdout parsed as
+    JSON (or None). In-process, `exception` is what ended the command (SystemExit for every exit)."""
 
     exit_code: int
     stdout: str
     stderr: str
+    output: str = ""
+    exception: BaseException | None = None
 
     @property
     def json(self) -> Any:
@@ -120,28 +124,38 @@ class CliResult:
 
 
 def run_cli(*args: str, subprocess_mode: bool = False, home: str | Path | None = None,
-            env: dict[str, str] | None = None) -> CliResult:
+            env: dict[str, str] | None = None, input: str | None = None) -> CliResult:
     """Run `lspt ARGS...` in this process (fast) or in a subprocess (full isolation, entry points re-read).
 
-    `home` sets LSPT_HOME for the subprocess (in-process runs use the current environment; the
-    `lspt_home` fixture isolates it). Exceptions other than exits propagate in-process, as bugs should.
+    `home`: the run's own LSPT_HOME (in-process: set for the call, with fresh paths and plugin host,
+    and restored after; the `lspt_home` fixture isolates a whole test). `input` is its stdin.
+    Exceptions other than exits propagate in-process, as bugs should.
     """
     args = [str(a) for a in args]
     if subprocess_mode:
         full_env = dict(os.environ, NO_COLOR="1", LSPT_NO_PROGRESS="1", **(env or {}))
         if home is not None:
             full_env["LSPT_HOME"] = str(home)
-        proc = subprocess.run([sys.executable, "-m", "lspt_cli", *args], env=full_env, capture_output=True, text=True)
-        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+        proc = subprocess.run([sys.executable, "-m", "lspt_cli", *args], env=full_env, capture_output=True, text=True,
+                              input=input)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr, proc.stdout + proc.stderr)
     from typer.testing import CliRunner
 
+    from . import paths, plugins
     from .cli import create_app
 
     with contextlib.ExitStack() as stack:
+        if home is not None:
+            env = {**(env or {}), "LSPT_HOME": str(home)}
         if env:
             stack.enter_context(_patched_env(env))
-        result = CliRunner().invoke(create_app(), args, catch_exceptions=False)
-    return CliResult(result.exit_code, result.stdout, result.stderr)
+        if home is not None:  # a host and paths of that home, for this call only
+            paths.clear_overrides()
+            plugins.reset_host()
+            stack.callback(plugins.reset_host)
+            stack.callback(paths.clear_overrides)
+        result = CliRunner().invoke(create_app(), args, input=input, catch_exceptions=False)
+    return CliResult(result.exit_code, result.stdout, result.stderr, result.output, result.exception)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,9 @@ import lspt_cli.cli.output  # noqa: E402,F401
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# The plugin kit's fixtures (lspt_home, lspt_cli, ...), the ones plugin authors use, serve the suite too.
+pytest_plugins = ["lspt_cli.testing"]
+
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4)
 
 
@@ -90,19 +93,10 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture(autouse=True)
-def isolated_lspt_home(tmp_path_factory, monkeypatch):
-    """Every test gets its own LSPT_HOME, and a fresh plugin host."""
-    home = tmp_path_factory.mktemp("lspt_home")
-    monkeypatch.setenv("LSPT_HOME", str(home))
-    for var in ("LSPT_CACHE_DIR", "LSPT_DATA_DIR", "LSPT_CONFIG_DIR", "LSPT_STRICT_PLUGINS", "LSPT_DEBUG"):
-        monkeypatch.delenv(var, raising=False)
-    from lspt_cli import paths, plugins
-
-    paths.clear_overrides()
-    plugins.reset_host()
-    yield home
-    paths.clear_overrides()
-    plugins.reset_host()
+def isolated_lspt_home(lspt_home):
+    """Every test gets its own LSPT_HOME and a fresh plugin host: the plugin kit's `lspt_home`
+    (lspt_cli/testing.py), the same fixture plugin authors use."""
+    return lspt_home
 
 
 def make_tiny_vit(seed: int = 0, **overrides):
@@ -134,14 +128,12 @@ def tiny_backbone_mean():
 
 @pytest.fixture
 def cli():
-    """Invoke the CLI in-process: cli("list", "strategies", "--json") -> click Result."""
-    from typer.testing import CliRunner
-
-    from lspt_cli.cli import create_app
+    """Invoke the CLI in-process: cli("list", "strategies", "--json") -> the kit's CliResult
+    (exit_code, stdout, stderr, output, exception, json), through the kit's own run_cli."""
+    from lspt_cli.testing import run_cli
 
     def invoke(*args, input=None):
-        app = create_app()
-        return CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
+        return run_cli(*args, input=input)
 
     return invoke
 
@@ -150,20 +142,9 @@ def cli():
 def cli_in_own_home(home: Path, *args):
     """Invoke the CLI in-process under its own LSPT_HOME: for module-scoped fixtures, which are set up
     before (and outlive) each test's isolated_lspt_home."""
-    from typer.testing import CliRunner
+    from lspt_cli.testing import run_cli
 
-    from lspt_cli import paths, plugins
-    from lspt_cli.cli import create_app
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LSPT_HOME", str(home))
-        paths.clear_overrides()
-        plugins.reset_host()
-        try:
-            return CliRunner().invoke(create_app(), [str(a) for a in args], catch_exceptions=False)
-        finally:
-            paths.clear_overrides()
-            plugins.reset_host()
+    return run_cli(*args, home=home)
 
 
 def free_port() -> int:
