@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from registered import PROMPTED
 import torch
 
 from lspt_cli.explain import LABEL_BAND, TokenRecorder, compute_maps, panel_scale, rollout
@@ -109,7 +110,7 @@ def test_linear_bundle_has_no_prompt_map(cli, tmp_path):
     assert set(doc[0]["files"]) == {"rollout-cls", "gradcam"}
 
 
-@pytest.mark.parametrize("name", ["vpt-shallow", "vpt-deep", "gapt", "lspt"])
+@pytest.mark.parametrize("name", PROMPTED)
 def test_prompts_sit_right_after_the_prefix(tiny_backbone, name):
     """Block 1 sees [CLS, P_1..P_n, patches]: what explain's maps (prompt rows, last n = patches) assume.
     A strategy that moved its prompts elsewhere (e.g. consistently to the end) has the same logits but

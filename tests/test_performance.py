@@ -20,6 +20,7 @@ import os
 import signal
 
 import pytest
+from registered import STRATEGIES
 from conftest import mini_digits
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,6 @@ from lspt_cli.engine.train import Trainer, use_bf16
 from lspt_cli.errors import TrainingError
 from lspt_cli.prompted import PromptedViT, PromptStrategy, build_strategy
 
-STRATEGIES = ("linear", "vpt-shallow", "vpt-deep", "gapt", "lspt")
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def test_feature_cache_interrupt_then_resume_equals_uninterrupted(tmp_path, monk
     monkeypatch.setattr(FeatureCache, "batches", original)
     state = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
     assert (state["epoch"], state["position"]) == (2, 3)
-    from lspt_cli.engine.train import read_run_config
+    from lspt_cli.engine.run_files import read_run_config
 
     resumed = Trainer(read_run_config(tmp_path / "stopped"), tmp_path / "stopped").run(resume=True)
     a, b = bundle_tensors(tmp_path / "whole"), bundle_tensors(tmp_path / "stopped")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from registered import STRATEGIES
 
 from lspt_cli import ConfigError, StrategySpec, hookimpl
 from lspt_cli.testing import fake_task, register_plugin, run_check, run_cli
@@ -232,7 +233,7 @@ def test_tune_of_a_healthy_strategy_reports_nothing(tmp_path):
 
 
 # -- lspt plugins check --------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["linear", "vpt-shallow", "vpt-deep", "gapt", "lspt", "vit-tiny", "digits", "vit-tiny-lspt"])
+@pytest.mark.parametrize("name", [*STRATEGIES, "vit-tiny", "digits", "vit-tiny-lspt"])
 def test_every_check_passes_on_the_builtins(name):
     report = run_check(name)
     assert report.ok, "\n".join(report.lines())

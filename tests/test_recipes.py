@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from registered import STRATEGIES
 
 from lspt_cli.errors import ConfigError
 from lspt_cli.settings import TrainConfig
@@ -20,7 +21,6 @@ from lspt_cli.recipes import (
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 SHIPPED = sorted(RECIPES_DIR.rglob("*.toml"))
 
-STRATEGIES = ["linear", "vpt-shallow", "vpt-deep", "gapt", "lspt"]
 PAPER_BACKBONES = ["mae-vitb", "mocov3-vitb"]
 PAPER_BENCHMARKS = ["fgvc", "vtab"]
 FGVC_TASKS = ["cub", "nabirds", "flowers", "dogs", "cars"]

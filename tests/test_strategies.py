@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from registered import PROMPTED, STRATEGIES
 import torch
 import torch.nn.functional as F
 
@@ -14,8 +15,6 @@ from lspt_cli.errors import ConfigError
 from lspt_cli.plugins import get_host
 from lspt_cli.prompted import PromptedViT, build_strategy
 
-STRATEGIES = ["linear", "vpt-shallow", "vpt-deep", "gapt", "lspt"]
-PROMPTED = ["vpt-shallow", "vpt-deep", "gapt", "lspt"]
 
 
 def images(batch: int = 2, seed: int = 1) -> torch.Tensor:

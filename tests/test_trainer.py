@@ -22,16 +22,17 @@ import subprocess
 import sys
 
 import pytest
+from registered import PROMPTED, STRATEGIES
 from conftest import mini_digits
 import torch
 import torch.nn.functional as F
 
 from lspt_cli.engine import train as train_mod
 from lspt_cli.engine.evaluate import evaluate
-from lspt_cli.engine.train import Trainer, param_groups
+from lspt_cli.engine.optimizer import param_groups
+from lspt_cli.engine.train import Trainer
 from lspt_cli.prompted import PromptedViT, build_strategy
 
-STRATEGIES = ("linear", "vpt-shallow", "vpt-deep", "gapt", "lspt")
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def test_sgd_optimizer_follows_the_configured_lr_and_momentum(tiny_backbone):
     """make_optimizer: two plain SGD steps with momentum m on a known gradient (no decay)."""
     from types import SimpleNamespace
 
-    from lspt_cli.engine.train import make_optimizer
+    from lspt_cli.engine.optimizer import make_optimizer
 
     model = PromptedViT(tiny_backbone, build_strategy("linear", tiny_backbone.dims), 3)
     opt = make_optimizer(model, SimpleNamespace(weight_decay=0.0, optimizer="sgd", lr=0.2, momentum=0.5))
@@ -337,7 +338,7 @@ def test_eval_transform_is_deterministic_and_train_transform_random():
     assert any(not torch.equal(o, a) for o in outs) and any(not torch.equal(o, outs[0]) for o in outs[1:])
 
 
-@pytest.mark.parametrize("strategy", ["vpt-shallow", "vpt-deep", "gapt", "lspt"])
+@pytest.mark.parametrize("strategy", PROMPTED)
 def test_prompt_dropout_acts_in_training_only(tiny_backbone, strategy):
     torch.manual_seed(0)
     dropped = build_strategy(strategy, tiny_backbone.dims, {"num_prompts": 4, "dropout": 0.5})
@@ -359,7 +360,7 @@ def test_prompt_dropout_acts_in_training_only(tiny_backbone, strategy):
     assert not torch.allclose(first, reference, atol=1e-4) and not torch.allclose(first, second, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["linear", "vpt-shallow", "vpt-deep", "gapt", "lspt"])
+@pytest.mark.parametrize("name", STRATEGIES)
 def test_strategy_class_defaults_equal_the_registered_defaults(tiny_backbone, name):
     """A strategy built directly from its class is the one `lspt list strategies` documents."""
     from lspt_cli.plugins import resolve_factory
@@ -426,7 +427,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_ddp_ranks_see_disjoint_halves_and_end_equal(tmp_path):
-    from lspt_cli.engine.train import epoch_order
+    from lspt_cli.engine.rng import epoch_order
 
     mini_digits(n_train=32, n_val=16)
     config = make_config(final=True, epochs=2, batch_size=8, lr=0.2)

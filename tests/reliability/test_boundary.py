@@ -13,6 +13,7 @@ import errno
 import warnings
 
 import pytest
+from registered import COMMANDS
 from typer.testing import CliRunner
 
 from lspt_cli import hookimpl, paths
@@ -47,8 +48,6 @@ def assert_one_error(code, out, err, exit_code, *needles) -> str:
 
 
 # -- usage errors: every command ----------------------------------------------------------------
-COMMANDS = ["prepare-data", "tune", "eval", "export", "predict", "inspect", "list", "plugins", "paths",
-            "sweep", "report", "explain"]
 
 USAGE_CASES = [
     *[(f"{cmd}: unknown option", [cmd, "--no-such-option"], "No such option", cmd) for cmd in COMMANDS],
