@@ -99,6 +99,7 @@ class PromptedModel(nn.Module):
         """Top-k {"label", "index", "probability"} per image, in order (the same as `lspt predict`)."""
         from .engine.restore import top_predictions
 
+        top_k = _check_top_k(top_k)
         batch = self.preprocess(images)
         was_training = self.training
         self.eval()
@@ -106,7 +107,7 @@ class PromptedModel(nn.Module):
             logits = self.model(batch)
         finally:
             self.train(was_training)
-        return top_predictions(logits, self._class_names(), _check_top_k(top_k))
+        return top_predictions(logits, self._class_names(), top_k)
 
     def _class_names(self) -> list[str]:
         return self.classes if self.classes is not None else [str(i) for i in range(self.num_classes)]
@@ -141,12 +142,15 @@ class PromptedModel(nn.Module):
         task_info["classes"] = names
         task_info["benchmark"] = benchmark or task_info.get("benchmark") or "custom"
         if style or task_info.get("style"):
-            task_info["style"] = style or task_info["style"]
+            from .data.transforms import check_style
+
+            task_info["style"] = check_style(style or task_info["style"])
         else:
             task_info.pop("style", None)
         meta = bundle.make_metadata(
             backbone=info, strategy={"name": self.strategy_name, "config": self.model.strategy.config()},
             task=task_info, data_config=dict(backbone.data_config), metrics=dict(metrics or {}),
+            protocol=self.header.meta("lspt.protocol") if self.header is not None else None,  # a re-saved bundle keeps it
         )
         bundle.save(path, self.model.trainable_state_dict(), meta)
         self.classes, self.task = names, task_info

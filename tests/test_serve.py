@@ -46,7 +46,7 @@ class Server:
         return self.stderr.read_text(errors="replace")
 
 
-def start_server(base: Path, *args, token: str | None = TOKEN) -> tuple[subprocess.Popen, str, Path]:
+def start_server(base: Path, *args, token: str | None = TOKEN, startup_s: float = 120) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     env = {**os.environ, "LSPT_HOME": str(base / "home"), "OMP_NUM_THREADS": "1"}
     env.pop("LSPT_SERVE_TOKEN", None)
@@ -56,7 +56,7 @@ def start_server(base: Path, *args, token: str | None = TOKEN) -> tuple[subproce
         command += ["--token", token]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr.open("w"))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + startup_s
     while time.time() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}: {stderr.read_text()}")
@@ -67,7 +67,7 @@ def start_server(base: Path, *args, token: str | None = TOKEN) -> tuple[subproce
         except (urllib.error.URLError, ConnectionError, OSError):
             time.sleep(0.2)
     proc.kill()
-    raise AssertionError("server did not come up in 120 s: " + stderr.read_text())
+    raise AssertionError(f"server did not come up in {startup_s:g} s: " + stderr.read_text())
 
 
 def call(url: str, path: str, *, doc=None, body: bytes | None = None, content_type: str | None = None,
@@ -122,10 +122,11 @@ def server(tmp_path_factory):
         proc.kill()
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
 
 
 # -- results -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.xdist_group("serve")
 def test_mixed_task_concurrent_requests_equal_lspt_predict(server):
     from lspt_cli.cli.predict import predict_images
 
@@ -163,6 +164,8 @@ def test_mixed_task_concurrent_requests_equal_lspt_predict(server):
     assert metrics["lspt_tasks"] == "6" and metrics["lspt_backbones"] == "1"
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("serve")
 def test_multipart_upload_equals_json(server):
     images = [png_bytes(20), png_bytes(21)]
     body, ctype = multipart({"task": "lspt3", "top_k": "2"}, [("images", d) for d in images])
@@ -174,6 +177,8 @@ def test_multipart_upload_equals_json(server):
     assert len(by_form["predictions"][0]) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("serve")
 def test_tasks_show_the_bundles_metadata_and_no_server_paths(server):
     status, doc = call(server.url, "/v1/tasks")
     assert status == 200
@@ -188,6 +193,8 @@ def test_tasks_show_the_bundles_metadata_and_no_server_paths(server):
 
 
 # -- bad input ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.xdist_group("serve")
 def test_bad_inputs_get_a_one_line_4xx_and_the_server_keeps_serving(server):
     good = {"task": "lin", "images": [b64(png_bytes(1))]}
     big_image = png_bytes(2, size=(200, 200))  # 40,000 pixels > --max-pixels 10000
@@ -231,6 +238,8 @@ def test_bad_inputs_get_a_one_line_4xx_and_the_server_keeps_serving(server):
     assert status == 200 and len(doc["predictions"]) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("serve")
 def test_an_oversized_body_is_refused_from_its_declared_length_or_as_it_streams(server):
     """--max-body-mb 1: a Content-Length over it is answered before any byte of the body is read; a
     chunked body (no length up front) is counted as it arrives and cut once over the limit."""
@@ -253,6 +262,8 @@ def test_an_oversized_body_is_refused_from_its_declared_length_or_as_it_streams(
     assert call(server.url, "/healthz", token=None)[0] == 200
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("serve")
 def test_a_stalled_client_does_not_stall_anyone_else(server):
     """A client that sends half its body and stops holds only its own connection: others are served
     meanwhile (the batcher only ever sees decoded tensors), and the stalled one gets 408 (--read-timeout 3)."""
@@ -288,6 +299,8 @@ def served(server) -> set[str]:
     return {t["name"] for t in call(server.url, "/v1/tasks")[1]["tasks"]}
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("serve")
 def test_watched_directory_adds_reloads_and_removes_tasks(server):
     image = {"images": [b64(png_bytes(3))], "top_k": 3}
     tmp = server.watch / ".incoming.safetensors"  # dot files are ignored: copy, then rename into place
@@ -319,6 +332,8 @@ def test_watched_directory_adds_reloads_and_removes_tasks(server):
 
 
 # -- SIGTERM drains ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.xdist_group("serve")
 def test_sigterm_lets_in_flight_requests_finish(tmp_path):
     bundles = make_bundles(tmp_path / "bundles", SPECS[:2])
     proc, url, stderr = start_server(tmp_path, *bundles.values(), "--max-wait-ms", "2500", "--max-batch", "64", token=None)
@@ -357,3 +372,113 @@ def test_serve_refuses_unsafe_or_impossible_setups_before_binding(cli, tmp_path)
     assert result.exit_code == 2 and "two bundles are served as task 'x'" in result.output
     result = cli("serve", "bad name=foo.safetensors")
     assert result.exit_code == 2 and "task name" in result.output
+
+
+# -- the batcher, in process ------------------------------------------------------------------------------------
+class FakeTask:
+    """What the batcher reads of a registry.Task: the model and its backbone."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @property
+    def backbone(self):
+        return self.model.model.backbone
+
+
+def test_the_batcher_mixes_tasks_splits_at_max_batch_and_drains_on_stop(tmp_path):
+    import torch
+
+    import lspt
+    from lspt_cli.serve.batcher import Batcher, QueueFull
+    from lspt_cli.serve.metrics import Metrics
+
+    paths = make_bundles(tmp_path, SPECS)
+    many = lspt.load_many([paths[n] for n in NAMES])
+    other = lspt.load(make_bundle(tmp_path / "alien.safetensors", "gapt", {"num_prompts": 2}, seed=5, vit_seed=9),
+                      allow_backbone_mismatch=True)  # another backbone object: a pass of its own
+    tasks = [FakeTask(many[n]) for n in NAMES] + [FakeTask(other)]
+    metrics = Metrics()
+    batcher = Batcher(max_batch=5, max_wait_ms=200, max_queue=40, metrics=metrics)
+    g = torch.Generator().manual_seed(0)
+    jobs = [(tasks[i % len(tasks)], torch.randn(1 + i % 3, 3, 32, 32, generator=g)) for i in range(14)]
+    futures = [batcher.submit(task, x) for task, x in jobs]  # queued before the worker starts: batches fill up
+    with pytest.raises(QueueFull, match="--max-queue 40"):
+        batcher.submit(tasks[0], torch.zeros(40, 3, 32, 32))
+    batcher.start()
+    results = [f.result(timeout=60) for f in futures]
+    batcher.stop()
+    for (task, x), logits, future in zip(jobs, results, futures):
+        with torch.no_grad():
+            torch.testing.assert_close(logits, task.model(x), atol=1e-5, rtol=1e-5)
+        assert future.timing[2] <= 5 or future.timing[2] == x.shape[0]  # never over max_batch unless alone
+    assert batcher.batches < len(jobs) and metrics.max_batch_seen <= 5 and batcher.queued_images == 0
+    late = Batcher(max_batch=4, max_wait_ms=10_000)
+    late.start()
+    pending = late.submit(tasks[1], torch.randn(1, 3, 32, 32))
+    late.stop()  # does not wait the 10 s: stop runs what is queued
+    assert pending.result(timeout=1).shape == (1, 10)
+
+
+def test_metrics_render_the_prometheus_text_format():
+    from lspt_cli.serve.metrics import Metrics
+
+    m = Metrics()
+    m.requests.inc(task='a"b', code="200")
+    m.request_latency.observe(0.003)
+    m.request_latency.observe(20)
+    text = m.render()
+    assert 'lspt_requests_total{code="200",task="a\\"b"} 1' in text
+    assert 'lspt_request_latency_seconds_bucket{le="0.005"} 1' in text
+    assert 'lspt_request_latency_seconds_bucket{le="+Inf"} 2' in text and "lspt_request_latency_seconds_count 2" in text
+    assert "# TYPE lspt_batch_images histogram" in text and text.endswith("\n")
+
+
+def test_only_loopback_binds_without_a_token():
+    from lspt_cli.errors import UsageError
+    from lspt_cli.serve.server import check_exposure, is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.com"))
+    check_exposure("0.0.0.0", "tok", False)
+    check_exposure("0.0.0.0", None, True)
+    with pytest.raises(UsageError, match="--token"):
+        check_exposure("0.0.0.0", None, False)
+
+
+# -- --engine ray: the same app as a Ray Serve deployment (a local Ray cluster) -----------------------------------
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_engine_ray_serves_the_same_answers_from_replicas(tmp_path):
+    pytest.importorskip("ray.serve")
+    from lspt_cli.cli.predict import predict_images
+
+    bundles = make_bundles(tmp_path / "bundles", SPECS[:3])
+    proc, url, stderr = start_server(tmp_path, *bundles.values(), "--engine", "ray", "--replicas", "2",
+                                     "--cpus-per-replica", "0", "--max-wait-ms", "20", token=TOKEN, startup_s=400)
+    try:
+        images = [png_bytes(s) for s in range(4)]
+        paths = []
+        for i, data in enumerate(images):
+            (tmp_path / f"r{i}.png").write_bytes(data)
+            paths.append(tmp_path / f"r{i}.png")
+        jobs = [(NAMES[i % 3], i % 4) for i in range(12)]
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda job: call(url, "/v1/predict", doc={"task": job[0], "images": [b64(images[job[1]])]}), jobs))
+        for (task, k), (status, doc) in zip(jobs, answers):
+            assert status == 200, doc
+            expected = predict_images([bundles[task]], [paths[k]], top_k=5, device="cpu")[str(bundles[task])][str(paths[k])]
+            assert_same_predictions(doc["predictions"], [expected])
+        assert call(url, "/v1/predict", token=None, doc={"task": "lin", "images": [b64(images[0])]})[0] == 401
+        status, doc = call(url, "/v1/predict", doc={"task": "lin", "images": [b64(b"junk")]})
+        assert status == 400 and "cannot decode image 0" in doc["error"]
+        assert {t["name"] for t in call(url, "/v1/tasks")[1]["tasks"]} == set(NAMES[:3])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, stderr.read_text()
+    assert "lspt serve: stopped" in stderr.read_text()

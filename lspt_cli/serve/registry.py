@@ -141,10 +141,16 @@ class Registry:
             except OSError:
                 continue
             task = self.tasks.get(name)
-            if task is not None and (not task.watched or task.stamp == stamp):
-                continue
             if self.failed.get(path, (None,))[0] == stamp:
                 continue  # this version already failed; retried when the file changes
+            if task is not None and not task.watched:
+                message = f"task '{name}' is already served from a bundle named on the command line"
+                self.failed[path] = (stamp, message)
+                report["failed"].append(name)
+                self.log(f"Warning: not serving {path.name}: {message}")
+                continue
+            if task is not None and task.stamp == stamp:
+                continue
             try:
                 check_task_name(name, path.name)
                 self.load(name, path, watched=True)
