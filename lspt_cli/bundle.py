@@ -214,7 +214,7 @@ def make_metadata(
         "lspt.metrics": metrics or {},
         "lspt.created_at": created,
     }
-    if protocol is not None:  # the training protocol (`paper` | `lspt`, README "Protocol")
+    if protocol is not None:  # the training protocol (`paper` | `lspt`, docs/protocol.md)
         md["lspt.protocol"] = protocol
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in md.items()}
 

@@ -71,7 +71,7 @@ def lspt_register_recipes(register):
 
 @hookspec
 def lspt_register_loggers(register):
-    """Register experiment trackers for ``lspt tune --log NAME`` (README "Tracking").
+    """Register experiment trackers for ``lspt tune --log NAME`` (docs/tracking.md).
 
     :param register: call ``register(LoggerSpec(name, description, factory, requires, extra))`` once
         per logger. ``factory() -> logger``, imported and called only when a run asks for it (rank 0
@@ -86,7 +86,7 @@ def lspt_register_loggers(register):
 
 @hookspec
 def lspt_register_executors(register):
-    """Register where ``lspt sweep --executor NAME`` runs trials (README "Running on a cluster").
+    """Register where ``lspt sweep --executor NAME`` runs trials (docs/cluster.md).
 
     :param register: call ``register(ExecutorSpec(name, description, factory, options, requires, extra))``
         once per executor. ``factory(options, *, workers, sweep_dir, host) -> executor``, imported and

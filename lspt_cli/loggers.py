@@ -2,7 +2,7 @@
 
 A logger mirrors a run into a tracker; the run directory stays the source of truth. Loggers are
 registered as `LoggerSpec`s through `lspt_register_loggers` (the built-ins in plugins/loggers/ too),
-and `RunLoggers` drives them, on rank 0 only (README "Tracking"):
+and `RunLoggers` drives them, on rank 0 only (docs/tracking.md):
 
 - `check_loggers` runs before training: an unknown name or a missing extra is one `Error:`.
 - A logger that raises (server gone, disk full) is reported once on stderr and switched off; the

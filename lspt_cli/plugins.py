@@ -5,7 +5,7 @@ group "lspt". Each entry point loads in its own try/except; a broken plugin beco
 stderr and a row in `lspt plugins`, unless `LSPT_STRICT_PLUGINS=1`. `LSPT_LOAD_PLUGINS=a,b`
 (empty = none) selects which external plugins (by entry-point or distribution name) load.
 
-Isolation (README "Guarantees"): plugin code runs under guards that also catch `SystemExit`
+Isolation (docs/guarantees.md): plugin code runs under guards that also catch `SystemExit`
 (a plugin's `sys.exit()` is a plugin failure, never the end of the CLI; Ctrl-C still stops lspt),
 with stdout routed to stderr (a `print` in a plugin cannot corrupt `--json`). A command named like a
 built-in (or an earlier plugin's) is refused with a warning. Specs are checked when registered (a

@@ -239,7 +239,7 @@ def _mixed_error(what: str) -> UsageError:
     return UsageError(
         f"runs of different protocols would be averaged into one number: {what}",
         hint="report each protocol's runs from its own folder, or pass --mix-protocols to average them anyway "
-        "(labelled with both protocols); README \"Protocol\"",
+        "(labelled with both protocols); docs/protocol.md",
     )
 
 
@@ -283,7 +283,7 @@ def _table(header: list[str], rows: list[list[str]], right_from: int) -> list[st
 def render_markdown(doc: dict[str, Any]) -> str:
     lines = [f"Test top-1 (%), mean ± std over seeds (final runs where present), "
              f"from {doc['runs']} run(s) under `{doc['source']}`; `protocol`: what the runs trained under "
-             "(README \"Protocol\").", ""]
+             "(docs/protocol.md).", ""]
     if doc["fgvc"]:
         lines += ["### FGVC", ""]
         rows = []

@@ -1,6 +1,6 @@
 """Which epoch's test a run reports, how a sweep compares grid trials, and what its finals train on.
 
-One rule per (protocol, benchmark); `lspt tune` and `lspt sweep` both follow it (README "Protocol").
+One rule per (protocol, benchmark); `lspt tune` and `lspt sweep` both follow it (docs/protocol.md).
 Protocol `paper` is the official code (KMnP/vpt at 4410440; GaPT runs VPT's train.py unchanged):
 
 - VTAB-1k. Grid trials train on train800 and are compared by the val200 top-1 of their *last*

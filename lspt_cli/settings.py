@@ -34,7 +34,7 @@ VPT_BASE = "KMnP/vpt configs/base-prompt.yaml"
 @dataclass(frozen=True)
 class Setting:
     """One training knob. `default` is the plain default; `by_protocol` overrides it per protocol
-    (README "Protocol"); `bool_values` maps a --x/--no-x switch onto a string setting."""
+    (docs/protocol.md); `bool_values` maps a --x/--no-x switch onto a string setting."""
 
     name: str
     kind: type
@@ -83,7 +83,7 @@ def one_of(allowed) -> str:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("protocol", str, "paper", choices=PROTOCOLS, source="README \"Protocol\"",
+    Setting("protocol", str, "paper", choices=PROTOCOLS, source="docs/protocol.md",
             help="paper (the official VPT/GaPT training) or lspt (lspt's improvements); each item's own flag still wins."),
     Setting("epochs", int, 100, "Training epochs.", f"{VPT_BASE}:19 (TOTAL_EPOCH)", Rule(int, 1, 1_000_000)),
     Setting("warmup_epochs", int, 10, "Epochs of linear lr warm-up before the cosine decay.",

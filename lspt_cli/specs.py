@@ -13,7 +13,7 @@ from typing import Any, Callable, Union
 Factory = Union[Callable[..., Any], str]
 
 
-# How the final tokens become one feature vector (README "Backbones", readouts); a run picks one
+# How the final tokens become one feature vector (docs/backbones.md, readouts); a run picks one
 # with the `readout` key / `--readout`, else its backbone's default. "mean" is "mean-norm"'s old name.
 READOUTS = {
     "cls": "the CLS token after the pre-trained final norm (VPT/GaPT on MoCo v3 and supervised ViTs)",
@@ -111,7 +111,7 @@ class RecipeSpec:
 
 @dataclass(frozen=True)
 class LoggerSpec:
-    """An experiment tracker for `lspt tune --log NAME` (README "Tracking").
+    """An experiment tracker for `lspt tune --log NAME` (docs/tracking.md).
 
     `factory() -> logger` with `start(run, config)`, `log_epoch(epoch, metrics)` and
     `finish(summary, bundle)` (lspt_cli/loggers.py). `requires` lists the modules it imports and
@@ -127,7 +127,7 @@ class LoggerSpec:
 
 @dataclass(frozen=True)
 class ExecutorSpec:
-    """Where `lspt sweep --executor NAME` runs its trials (README "Running on a cluster").
+    """Where `lspt sweep --executor NAME` runs its trials (docs/cluster.md).
 
     `factory(options, *, workers, sweep_dir, host) -> executor` whose `run(trials)` yields
     `(trial, outcome, summary, error)` as trials end and `close()` frees the engine

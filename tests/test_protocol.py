@@ -1,4 +1,4 @@
-"""The `protocol` switch (paper | lspt) and the paper-exact training items of README "Protocol".
+"""The `protocol` switch (paper | lspt) and the paper-exact training items of docs/protocol.md.
 
 Each item is pinned to what the official code does, written out here (KMnP/vpt at 4410440,
 ryongithub/GatedPromptTuning at dd7d1ea), never to lspt's own helper functions.
@@ -229,7 +229,7 @@ def test_tau_is_projected_in_place_and_keeps_its_gradient(tiny_backbone):
 
 # -- 6. schedule ------------------------------------------------------------------------------------
 def test_per_epoch_factor_is_the_official_lambdalr():
-    from lspt_cli.engine.train import epoch_lr_factor
+    from lspt_cli.engine.schedule import epoch_lr_factor
 
     expected = official_epoch_lrs(1.0, warmup=10, epochs=100)
     got = [epoch_lr_factor(e, 10, 100) for e in range(100)]

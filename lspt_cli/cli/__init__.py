@@ -1,6 +1,6 @@
 """The `lspt` command line: a Typer app assembled from one module per command plus plugins'.
 
-`LsptGroup.main` is the single error boundary (README "Guarantees"): whatever escapes a command
+`LsptGroup.main` is the single error boundary (docs/guarantees.md): whatever escapes a command
 becomes one `Error:` line (+ `Hint:`) on stderr and an exit code, never a traceback:
 known errors (lspt_cli.errors.LsptError) -> their message and code; usage errors (unknown option,
 bad value, missing argument) -> exit 2 with "see 'lspt CMD --help'"; a closed stdout pipe -> a quiet

@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds; the first one runs the grid, all of them the final runs. Default 42,44,82,100,800."),
         workers: int = typer.Option(1, "--workers", "-j", min=1, help="Trials run concurrently (local: subprocesses, GPUs round-robin; slurm: the job array's parallelism; ray: the local cluster's size)."),
         executor: str = typer.Option("local", "--executor", "-x", help="Where trials run: local, slurm (submitit), ray, or a plugin's (lspt list executors).", autocompletion=complete_from("executor")),
-        executor_opt: Optional[List[str]] = typer.Option(None, "--executor-opt", help="Executor option KEY=VALUE (repeatable), e.g. --executor-opt partition=gpu --executor-opt cluster=local (README \"Running on a cluster\").  [default: none: the executor's defaults, see lspt list executors]"),
+        executor_opt: Optional[List[str]] = typer.Option(None, "--executor-opt", help="Executor option KEY=VALUE (repeatable), e.g. --executor-opt partition=gpu --executor-opt cluster=local (docs/cluster.md).  [default: none: the executor's defaults, see lspt list executors]"),
         out_dir: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default: under the data dir; the same command resumes it)."),
         plan_only: bool = typer.Option(False, "--plan", help="Print one `lspt tune` command per trial to run, run nothing."),
         finals: bool = typer.Option(True, "--finals/--no-finals", help="Run the selected point with every seed, as `lspt tune --final` (train+val; FGVC under protocol paper: train, test at the best val epoch)."),

@@ -2,7 +2,7 @@
 
 bf16 autocast pays off on a CPU only where its matmuls run natively (AVX512-BF16 or AMX);
 elsewhere torch emulates them and bf16 is *slower* than fp32, so protocol `lspt`'s `amp: auto`
-turns it on only there (README "Performance"). torch.compile needs a working inductor backend
+turns it on only there (docs/performance.md). torch.compile needs a working inductor backend
 (a C++ compiler on CPU, Triton on GPU); where it fails, the run says why and stays eager.
 """
 

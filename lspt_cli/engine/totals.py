@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-SYNC_EVERY = 16  # steps between reads: the NaN stop's bound (README "Performance")
+SYNC_EVERY = 16  # steps between reads: the NaN stop's bound (docs/performance.md)
 
 
 class DeviceTotals:

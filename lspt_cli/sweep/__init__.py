@@ -4,7 +4,7 @@
    `--grid` flags, else the recipe's `[grid]`), trained on train and selected on val, with the
    *first* seed only (Jia et al. 2022 search with one seed, then re-run the winner).
 2. **Selection** per task: the highest val top-1 over the finished grid trials, where a trial's
-   val top-1 is the one the protocol's rule names (lspt_cli/selection.py, README "Protocol"): under
+   val top-1 is the one the protocol's rule names (lspt_cli/selection.py, docs/protocol.md): under
    `paper`, VTAB compares the val top-1 of each trial's *last* epoch (VPT's tune_vtab.py), FGVC the
    best epoch's; under `lspt` the best epoch's everywhere. Ties go to the smaller lr (tune_vtab.py:63-71),
    then the smaller weight decay, then the trial planned first (other grid keys are not ranked).

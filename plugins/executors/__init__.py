@@ -1,4 +1,4 @@
-"""The built-in executors of `lspt sweep --executor NAME` (README "Running on a cluster").
+"""The built-in executors of `lspt sweep --executor NAME` (docs/cluster.md).
 
 They register through `lspt_register_executors`, the hook a third-party executor uses too; `slurm`
 and `ray` are imported only when a sweep picks them, and their engines are extras.

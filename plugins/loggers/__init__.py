@@ -1,4 +1,4 @@
-"""Built-in experiment trackers for `lspt tune --log NAME` (README "Tracking").
+"""Built-in experiment trackers for `lspt tune --log NAME` (docs/tracking.md).
 
 They register through `lspt_register_loggers`, the hook a third-party logger (W&B, ...) uses too;
 the modules that import TensorBoard or MLflow load only when a run asks for them.
