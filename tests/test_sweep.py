@@ -229,26 +229,55 @@ def test_sweep_selects_runs_finals_and_resumes(cli, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(cli, tmp_path, monkeypatch):
     from lspt_cli.engine import train
+    from lspt_cli.errors import LsptError
 
     original = train.Trainer.run
 
     def run(self, resume=False):
         if self.run_dir.name.startswith("lr0.02-"):
             raise RuntimeError("simulated crash")
+        if self.run_dir.name.startswith("lr0.03-"):
+            raise LsptError("simulated refusal")
         return original(self, resume=resume)
 
     monkeypatch.setattr(train.Trainer, "run", run)
     out = tmp_path / "sweep"
-    result = cli("sweep", *BASE, "--grid", "lr=0.01,0.02,-1", "--seeds", "42", "--out", str(out), "--json")
+    result = cli("sweep", *BASE, "--grid", "lr=0.01,0.02,0.03", "--seeds", "42", "--out", str(out), "--json")
     assert result.exit_code == 1  # failures are reported in the exit code, after everything ran
     doc = json.loads(result.stdout)
     by_name = {t["name"]: t for t in doc["trials"]}
     assert by_name["lr0.02-seed42"]["status"] == "failed" and "simulated crash" in by_name["lr0.02-seed42"]["error"]
-    assert by_name["lr-1-seed42"]["status"] == "failed" and "--lr: must be > 0" in by_name["lr-1-seed42"]["error"]
+    assert by_name["lr0.03-seed42"]["status"] == "failed" and "simulated refusal" in by_name["lr0.03-seed42"]["error"]
     assert by_name["lr0.01-seed42"]["status"] == "finished"
     assert doc["selections"]["digits"]["point"] == {"lr": 0.01} and doc["selections"]["digits"]["failed"] == 2
     assert by_name["final-lr0.01-seed42"]["status"] == "finished"  # the finals still ran
     assert doc["counts"]["failed"] == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: 2 of 4 trial(s) failed"], result.stderr  # one line counting them
+
+
+def test_a_point_whose_trials_all_failed_is_never_called_selected(cli, tmp_path, monkeypatch):
+    from lspt_cli.engine import train
+
+    monkeypatch.setattr(train.Trainer, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("simulated crash")))
+    result = cli("sweep", *BASE, "--lr", "0.01", "--seeds", "42", "--out", str(tmp_path / "s"))
+    assert result.exit_code == 1
+    assert "selected" not in result.stdout and "no trial of (defaults) succeeded" in result.stdout, result.stdout
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error:")] == ["Error: 1 of 1 trial(s) failed"]
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ("lr=-1,0", "--grid lr: must be > 0"),
+    ("lr=0.1,abc", "--grid lr: must be float"),
+    ("optimizer=adam", "--grid optimizer: must be 'sgd' or 'adamw'"),
+    ("epochs=0", "--grid epochs: must be a positive integer"),
+    ("dropout=-0.5", "--grid dropout=-0.5: strategy 'vpt-deep': dropout must be"),
+    ("dropout=2", "--grid dropout=2: strategy 'vpt-deep': dropout must be"),
+])
+def test_invalid_grid_values_are_a_usage_error_before_planning(cli, tmp_path, grid, expected):
+    result = cli("sweep", *BASE, "--grid", grid, "--out", str(tmp_path / "s"), "--plan")
+    assert result.exit_code == 2 and expected in result.output and "command(s)" not in result.output, result.output
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.slow

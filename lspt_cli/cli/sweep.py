@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import UsageError
+from ..errors import LsptError, UsageError
 from ..messages import printable
 from .output import complete_from, err, info, out, print_json, progress_enabled
 from .train_options import given_values, with_train_options
@@ -164,8 +164,7 @@ def register(app: typer.Typer) -> None:
                 bar.stop()
         if json_:
             print_json(doc)
-            if doc["counts"]["failed"]:
-                raise typer.Exit(1)
+            _fail_if_trials_failed(doc, spec.sweep_dir)
             return
         c = doc["counts"]
         log(f"{c['total']} trials: {c['ran']} ran, {c['resumed']} resumed, {c['skipped']} skipped (already finished), "
@@ -174,16 +173,28 @@ def register(app: typer.Typer) -> None:
 
         for t in doc["tasks"]:
             sel, fin = doc["selections"].get(t, {}), doc["finals"].get(t)
-            line = f"{t} | {strategy} on {backbone}: selected {point_text(sel.get('point'))}"
-            if sel.get("val_top1") is not None:
-                line += f" (val {sel['val_top1']:.2f}%)"
-            if fin and fin["mean"] is not None:
-                line += f", test top-1 {fin['mean']:.2f} ± {fin['std']:.2f}% over {fin['n']} seed(s)"
-            elif sel.get("point") is None:
-                line += " (" + sel.get("reason", "no selection") + ")"
+            succeeded = sel.get("val_top1") is not None or bool(fin and fin["n"])
+            line = f"{t} | {strategy} on {backbone}: "
+            if sel.get("point") is not None and succeeded:
+                line += f"selected {point_text(sel.get('point'))}"
+                if sel.get("val_top1") is not None:
+                    line += f" (val {sel['val_top1']:.2f}%)"
+                if fin and fin["mean"] is not None:
+                    line += f", test top-1 {fin['mean']:.2f} ± {fin['std']:.2f}% over {fin['n']} seed(s)"
+            elif sel.get("point") is not None:  # never "selected" for a point none of whose trials succeeded
+                line += f"no trial of {point_text(sel.get('point'))} succeeded"
+            else:
+                line += "nothing selected (" + sel.get("reason", "no selection") + ")"
             out.print(printable(line), markup=False)
-        if c["failed"]:
-            raise typer.Exit(1)
+        _fail_if_trials_failed(doc, spec.sweep_dir)
+
+
+def _fail_if_trials_failed(doc: dict, sweep_dir: Path) -> None:
+    """A sweep with failed trials ends in one `Error:` line counting them (exit 1)."""
+    c = doc["counts"]
+    if c["failed"]:
+        raise LsptError(f"{c['failed']} of {c['total']} trial(s) failed",
+                        hint=f"each trial's error is in {sweep_dir / 'sweep.md'}; run the same command again to retry them")
 
 
 class _SweepProgress:

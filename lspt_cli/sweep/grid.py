@@ -49,18 +49,18 @@ def parse_grid(items: Iterable[str] | None) -> dict[str, list]:
 
 
 def _check_grid_values(key: str, values: list) -> None:
-    """Training values of a grid have their TrainConfig types (`--grid lr=abc` is a usage error
-    naming the value, not a command line with `--lr abc`); strategy keys are checked by the strategy."""
-    from ..errors import ConfigError
-    from ..settings import TrainConfig, coerce_train_values
+    """Training values of a grid are valid values of their setting (type, bounds, choices), so
+    `--grid lr=-1,0` is a usage error naming the value before anything is planned; strategy keys
+    are checked against the strategy in check_grid_keys."""
+    from ..settings import BY_NAME
 
-    if key not in TrainConfig.keys():
+    setting = BY_NAME.get(key)
+    if setting is None:
         return
     for value in values:
-        try:
-            coerce_train_values({key: value}, "--grid")
-        except ConfigError as exc:
-            raise UsageError(exc.message, hint="e.g. --grid lr=0.05,0.1,0.25 --grid wd=0,1e-4") from None
+        problem = setting.problem(value)
+        if problem:
+            raise UsageError(f"--grid {key}: {problem}", hint="e.g. --grid lr=0.05,0.1,0.25 --grid wd=0,1e-4")
 
 
 def parse_seeds(text: str | None) -> list[int]:
@@ -245,7 +245,7 @@ def task_grid(spec: SweepSpec, task: str, host) -> dict[str, list]:
 
 
 def check_grid_keys(grid: dict[str, list], spec: SweepSpec, host) -> None:
-    from ..recipes import TrainConfig
+    from ..settings import TrainConfig
 
     options = host.strategies.get(spec.strategy).defaults or {}
     for key in grid:
@@ -254,12 +254,28 @@ def check_grid_keys(grid: dict[str, list], spec: SweepSpec, host) -> None:
         if key in TrainConfig.keys():
             if key in spec.train_overrides:
                 raise UsageError(f"'{key}' is both a grid key and a fixed flag")
+            _check_grid_values(key, grid[key])  # a recipe's [grid] too
         elif key in options:
             if key in spec.strategy_overrides:
                 raise UsageError(f"'{key}' is both a grid key and a --set value")
+            _check_strategy_values(spec, key, grid[key], host)
         else:
             allowed = sorted(k for k in TrainConfig.keys() if k != "seed") + sorted(options)
             raise UsageError(f"unknown grid key '{key}'; allowed: {', '.join(allowed)} (and wd for weight_decay)")
+
+
+def _check_strategy_values(spec: SweepSpec, key: str, values: list, host) -> None:
+    """Each value of a strategy option builds the strategy (on ViT-B/16 shapes, no weights), so
+    `--grid num_prompts=-1` is a usage error up front instead of a sweep of failed trials."""
+    from ..backbone_dims import VIT_B16
+    from ..errors import ConfigError
+    from ..prompted import build_strategy
+
+    for value in values:
+        try:
+            build_strategy(spec.strategy, VIT_B16, {**spec.strategy_overrides, key: value}, host=host)
+        except ConfigError as exc:
+            raise UsageError(f"--grid {key}={value!r}: {exc.message}") from None
 
 
 def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
