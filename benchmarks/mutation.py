@@ -49,6 +49,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+LOOP_TESTS = ["tests/test_train_protocol_details.py", "tests/test_trainer.py"] + [
+    f"tests/test_protocol.py::{t}" for t in (
+        "test_per_epoch_factor_is_the_official_lambdalr", "test_rank_batch_splits_like_vpt",
+        "test_trainer_splits_the_batch_over_ranks", "test_paper_is_fp32_on_every_device",
+        "test_trainer_builds_the_protocols_head")]
 # module (path in the repo, optionally ::function,function) -> the tests that guard it, in order.
 TARGETS: dict[str, list[str]] = {
     "lspt_cli/engine/evaluate.py": ["tests/test_trainer.py"],
@@ -59,13 +64,10 @@ TARGETS: dict[str, list[str]] = {
     "lspt_cli/engine/feature_cache.py": ["tests/test_engine_mutants.py", "tests/test_performance.py"],
     "lspt_cli/engine/grad_watch.py": ["tests/test_engine_mutants.py", "tests/test_plugin_kit.py", "tests/test_trainer.py"],
     "lspt_cli/engine/totals.py": ["tests/test_engine_mutants.py", "tests/test_performance.py", "tests/test_trainer.py"],
-    # train.py: the in-process tests (each run < 1 s); the CLI suites (test_tune_e2e, test_tune_workflows,
-    # test_protocol's CLI runs) drive the same loop in minutes, too slow per mutant (`--bugs` still uses them)
-    "lspt_cli/engine/train.py": ["tests/test_train_protocol_details.py", "tests/test_trainer.py"] + [
-        f"tests/test_protocol.py::{t}" for t in (
-            "test_per_epoch_factor_is_the_official_lambdalr", "test_rank_batch_splits_like_vpt",
-            "test_trainer_splits_the_batch_over_ranks", "test_paper_is_fp32_on_every_device",
-            "test_trainer_builds_the_protocols_head")],
+    # train.py and the modules it conducts: the in-process tests (each run < 1 s); the CLI suites (test_tune_e2e,
+    # test_tune_workflows, test_protocol's CLI runs) drive the same loop in minutes, too slow per mutant
+    # (`--bugs` still uses them)
+    **{f"lspt_cli/engine/{m}.py": LOOP_TESTS for m in ("train", "schedule", "optimizer", "rng", "run_files")},
     "plugins/strategies/__init__.py": ["tests/test_strategies.py"],
     "plugins/strategies/linear.py": ["tests/test_strategies.py"],
     "plugins/strategies/vpt.py": ["tests/test_strategies.py", "tests/test_trainer.py", "tests/test_explain.py"],
@@ -84,20 +86,24 @@ EXTRA_TARGETS: dict[str, list[str]] = {
 # change). They are not run (--run-equivalent runs them), are reported with their reason and count as
 # not killed: the score stays killed / mutants; `score_without_equivalent` leaves them out.
 EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
-    "lspt_cli/engine/train.py": [
+    "lspt_cli/engine/schedule.py": [
         ("if warmup_steps > 0 and", "warmup_steps > 0", "warmup_steps >= 0",
          "with 0 warm-up steps the other half, step < 0, is false anyway"),
         ("float(max(1.0, warmup_epochs))", "1.0", "2.0",
          "reached only for epoch < warmup_epochs (integers): with warm-up 1, epoch 0 gives 0 / anything = 0"),
+        ("max(1, math.ceil(order_length", "1", "0",
+         "ceil(n / b) >= 1 for a shard of n >= 1 images; an empty shard (fewer images than ranks) trains no step either way"),
+    ],
+    "lspt_cli/engine/run_files.py": [
+        ('b"x" * 4096', "4096", "4097", "the probe's size (one block or so) has no result"),
+        ("stale.unlink(missing_ok=True)", "True", "False", "the file was just listed by glob; only a concurrent delete differs"),
+    ],
+    "lspt_cli/engine/train.py": [
         ('or world_size <= 1:', "world_size <= 1", "world_size < 1",
          "world_size >= 1; with 1 rank `split` gives batch_size // 1 = batch_size"),
         ('or world_size <= 1:', "1", "0", "world_size >= 1; with 1 rank `split` gives batch_size // 1 = batch_size"),
-        ('b"x" * 4096', "4096", "4097", "the probe's size (one block or so) has no result"),
         ('data_cfg["input_size"][-1]', "-1", "(1)", "every backbone's input is square (the transforms crop S x S)"),
-        ("max(1, math.ceil(self.order_length", "1", "0",
-         "ceil(n / b) >= 1 for a shard of n >= 1 images; an empty shard (fewer images than ranks) trains no step either way"),
         ('best, running = 0, 0, {"top1": -1.0', "1.0", "2.0", "any negative start: a val top-1 is >= 0"),
-        ("stale.unlink(missing_ok=True)", "True", "False", "the file was just listed by glob; only a concurrent delete differs"),
         ("                self.optimizer.zero_grad(set_to_none=True)", "True", "False",
          "zeroed instead of freed gradients: backward fills every used one, the optimizers skip the same unused ones"),
         ("max(elapsed, 1e-9)", "1e-9", "2e-09", "a guard against 0 s; no step takes under 2 ns"),
@@ -139,9 +145,9 @@ BUGS: list[tuple[str, str, list[tuple[str, str]], list[str]]] = [
      [("self.model.load_trainable_state_dict(selected.tensors)", "pass")], TRAINER_TESTS),
     ("last epoch always selected", "lspt_cli/engine/train.py", [('if val["top1"] > best["top1"]:', "if True:")], TRAINER_TESTS),
     ("ties keep the later epoch", "lspt_cli/engine/train.py", [('if val["top1"] > best["top1"]:', 'if val["top1"] >= best["top1"]:')], TRAINER_TESTS),
-    ("constant learning rate (no warm-up, no cosine)", "lspt_cli/engine/train.py",
-     [('group["lr"] = base * factor', 'group["lr"] = base')], TRAINER_TESTS),
-    ("weight decay on gates, temperatures and biases", "lspt_cli/engine/train.py",
+    ("constant learning rate (no warm-up, no cosine)", "lspt_cli/engine/schedule.py",
+     [('group["lr"] = self.base_lr * factor', 'group["lr"] = self.base_lr')], TRAINER_TESTS),
+    ("weight decay on gates, temperatures and biases", "lspt_cli/engine/optimizer.py",
      [("(decay if p.ndim >= 2 else no_decay).append(p)", "decay.append(p)")], TRAINER_TESTS),
     ("gradient clipping removed", "lspt_cli/engine/train.py",
      [("torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)", "pass")], TRAINER_TESTS),
@@ -160,7 +166,7 @@ BUGS: list[tuple[str, str, list[tuple[str, str]], list[str]]] = [
      ["tests/test_trainer.py"]),
     ("prompt dropout never applied (VPT-shallow, GaPT, LSPT)", "plugins/strategies/vpt.py",
      [("            return self.dropout(prompts)\n", "            return prompts\n")], ["tests/test_trainer.py"]),
-    ("the seed does not affect the data order", "lspt_cli/engine/train.py",
+    ("the seed does not affect the data order", "lspt_cli/engine/rng.py",
      [("torch.Generator().manual_seed(seed * 100_003 + epoch)", "torch.Generator().manual_seed(epoch)")], TRAINER_TESTS),
     ("DDP ranks all read the same data", "lspt_cli/engine/distributed.py",
      [("return order[self.rank :: self.world_size][:per_rank]", "return order[:per_rank]")],

@@ -240,7 +240,7 @@ def per_step_factor(step: int, warmup: int, total: int) -> float:
 
 # -- the schedule functions ---------------------------------------------------------------------------
 def test_lr_factor_is_warmup_then_cosine_to_zero_at_chosen_steps():
-    from lspt_cli.engine.train import lr_factor
+    from lspt_cli.engine.schedule import lr_factor
 
     assert [lr_factor(s, 4, 12) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # from 1/W, never 0
     assert lr_factor(4, 4, 12) == 1.0  # the cosine starts at the top
@@ -258,7 +258,7 @@ def test_lr_factor_is_warmup_then_cosine_to_zero_at_chosen_steps():
 def test_per_epoch_factor_equals_the_official_lambda_on_every_edge():
     from test_protocol import official_lr_lambda
 
-    from lspt_cli.engine.train import epoch_lr_factor
+    from lspt_cli.engine.schedule import epoch_lr_factor
 
     for warmup, epochs in ((0, 3), (1, 3), (2, 5), (3, 3), (5, 2)):
         for epoch in range(epochs + 3):  # past the end too: the official lambda is defined there
@@ -295,14 +295,14 @@ def test_seeding_formulas_are_fixed(monkeypatch):
     """The data order of (seed, epoch) is randperm from a generator seeded seed * 100_003 + epoch
     (epoch_order's docstring: fixed, so a seed's runs keep their order across lspt versions); on a
     CUDA machine every GPU generator is seeded with the CPU's."""
-    from lspt_cli.engine.train import _seed_everything, epoch_order
+    from lspt_cli.engine.rng import epoch_order, seed_everything
 
     for seed, epoch in ((0, 0), (3, 1), (7, 4)):
         expected = torch.randperm(20, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
         assert epoch_order(20, seed, epoch) == expected
     seeded = []
     monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)  # what torch.manual_seed calls
-    _seed_everything(11)
+    seed_everything(11)
     assert seeded == [11] and torch.initial_seed() == 11
 
 
@@ -310,7 +310,8 @@ def test_device_and_rng_helpers_on_cuda_without_a_gpu(monkeypatch):
     """Under torchrun a CUDA run uses its local rank's GPU; a mid-epoch checkpoint keeps and restores
     the GPU generator on CUDA only (torch.cuda's functions stand in for a GPU here)."""
     from lspt_cli.engine.distributed import DistContext
-    from lspt_cli.engine.train import rank_device, restore_rng, rng_state
+    from lspt_cli.engine.rng import restore_rng, rng_state
+    from lspt_cli.engine.train import rank_device
 
     two = DistContext(world_size=2, rank=1, local_rank=1)
     assert rank_device(torch.device("cuda"), two) == torch.device("cuda", 1)
@@ -335,7 +336,7 @@ def test_device_and_rng_helpers_on_cuda_without_a_gpu(monkeypatch):
 def test_check_writable_and_read_run_config(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from lspt_cli.engine.train import check_writable, read_run_config
+    from lspt_cli.engine.run_files import check_writable, read_run_config
     from lspt_cli.errors import TrainingError, UsageError
 
     check_writable(tmp_path / "a" / "b")  # a new nested directory
@@ -393,7 +394,7 @@ def test_a_run_follows_the_protocol_step_by_step(tmp_path, monkeypatch):
     """12 images in batches of 5 (3 steps per epoch: 5, 5, 2), 3 epochs, warm-up 1 epoch, clip 0.5,
     val top-1 scripted 40, 60, 50: every number below is counted from the batches or computed here."""
     from lspt_cli.engine import totals
-    from lspt_cli.engine.train import epoch_order
+    from lspt_cli.engine.rng import epoch_order
 
     manifest = tiny_task()
     label_of = dict(manifest.splits["train"])
@@ -713,7 +714,7 @@ def test_rank_one_trains_its_shard_drops_the_partial_batch_and_writes_nothing(tm
     import torch.distributed as dist
 
     from lspt_cli.engine.distributed import DistContext
-    from lspt_cli.engine.train import epoch_order
+    from lspt_cli.engine.rng import epoch_order
 
     manifest = tiny_task(n_train=10)
     label_of = dict(manifest.splits["train"])

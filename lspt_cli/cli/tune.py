@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
 
         host = get_host()
         if resume is not None:
-            from ..engine.train import read_run_config
+            from ..engine.run_files import read_run_config
 
             config = _resume_config(ctx, read_run_config(resume), {k: train[k] for k in RESUME_MAY_CHANGE})
             run_dir = resume
@@ -239,7 +239,7 @@ def run_tune(config, run_dir: Path, *, resume: bool, json_: bool, quiet: bool, h
 
     The run dir is locked for the whole run (lspt_cli/locks.py): a second `--out D` or `--resume D`
     while D trains is refused naming the pid; under torchrun rank 0 holds the lock for all ranks."""
-    from ..engine.train import check_writable
+    from ..engine.run_files import check_writable
     from ..locks import hold
 
     if run_dir.exists() and not run_dir.is_dir():

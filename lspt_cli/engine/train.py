@@ -10,13 +10,14 @@
   return at the bad batch, keep the epochs evaluated so far): it finishes on the last finished
   epoch, with `diverged` in summary.json, so a sweep's selection still compares it
   (tune_vtab.py:54-61 reads whatever epochs eval_results.pth holds). Protocol `lspt` fails the run.
+
+The Trainer conducts: the lr schedule is engine/schedule.py, the optimizer engine/optimizer.py,
+the random streams and their state engine/rng.py, the run directory's files engine/run_files.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -26,17 +27,21 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .. import atomic, bundle, schema
+from .. import bundle, schema
 from ..errors import DataError, TrainingError, UsageError
 from ..loggers import RunLoggers
 from ..data.transforms import transform_style
 from ..recipes import ResolvedConfig
-from ..rundir import BEST_NAME, BUNDLE_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME
+from ..rundir import BEST_NAME, BUNDLE_NAME, METRICS_NAME
 from ..selection import BEST_VAL, LAST, describe_report, rule_for, summary_fields, val_curve
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_into, save_checkpoint
 from .distributed import DistContext
 from .evaluate import autocast, evaluate
 from .grad_watch import GradWatch, warn_dead
+from .optimizer import make_optimizer
+from .rng import epoch_order, restore_rng, rng_state, seed_epoch, seed_everything
+from .run_files import append_metrics, remove_temp_files, trim_metrics, write_config, write_summary, writing
+from .schedule import Schedule, epoch_steps
 from .totals import DeviceTotals
 
 
@@ -73,25 +78,6 @@ def resolve_device(name: str) -> torch.device:
     return torch_device(name)
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Schedule `per-step` (lspt's): linear warm-up from 1/W then cosine decay to 0, per optimizer step."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def epoch_lr_factor(epoch: int, warmup_epochs: int, epochs: int) -> float:
-    """Schedule `per-epoch` (the papers'): the lr factor of epoch `epoch` (from 0), exactly VPT's and
-    GaPT's WarmupCosineSchedule (src/solver/lr_scheduler.py:56-65 in both), a LambdaLR whose step()
-    runs once after every epoch (src/engine/trainer.py:221): epoch 0 trains at lr 0, epoch e < W at
-    e/W, then cosine over the remaining epochs."""
-    if epoch < warmup_epochs:
-        return float(epoch) / float(max(1.0, warmup_epochs))
-    progress = float(epoch - warmup_epochs) / float(max(1, epochs - warmup_epochs))
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
-
-
 def use_bf16(amp: str, device: torch.device) -> bool:
     """bf16 autocast: `off` (the papers' fp32, protocol paper), `bf16` always, `auto` (protocol lspt)
     on a CUDA device that supports bf16 and on a CPU with native bf16 matmuls (AVX512-BF16/AMX:
@@ -116,60 +102,11 @@ def rank_batch(cfg, world_size: int) -> int:
     return cfg.batch_size // world_size
 
 
-def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices and prompts only: never on biases, gates or temperatures (1-D)."""
-    decay, no_decay = [], []
-    for _, p in sorted(
-        ((n, p) for n, p in model.named_parameters() if p.requires_grad), key=lambda item: item[0]
-    ):
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
-def make_optimizer(model, cfg) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The training order of `epoch`: randperm(n) from a generator seeded seed * 100_003 + epoch. The
-    formula is fixed (tests/test_train_protocol_details.py): a seed's runs, and a checkpoint written by
-    an older lspt, keep their data order. The global generator of the epoch (dropout) is seeded
-    seed * 100_003 + epoch + 1 (Trainer._train_epoch), a stream apart from the order's."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
 def rank_device(device: torch.device, dist: DistContext) -> torch.device:
     """Under torchrun a CUDA run trains on its rank's own GPU (LOCAL_RANK); a CPU run stays on the CPU."""
     if dist.enabled and device.type == "cuda":
         return torch.device("cuda", dist.local_rank)
     return device
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """What a mid-epoch checkpoint keeps of the global generators: the CPU's, and the GPU's on CUDA."""
-    state = {"rng_cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["rng_cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng(state: dict, device: torch.device) -> None:
-    """The inverse of rng_state (a CUDA state is ignored on another device: a resume on the CPU)."""
-    torch.set_rng_state(state["rng_cpu"])
-    if "rng_cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["rng_cuda"], device)
-
-
-def _seed_everything(seed: int) -> None:
-    """The global generators: torch.manual_seed seeds the CPU's and every GPU's (torch/random.py)."""
-    torch.manual_seed(seed)
 
 
 class _OrderSampler(torch.utils.data.Sampler):
@@ -189,37 +126,6 @@ def count_parameters(model) -> dict[str, int]:
     strategy = sum(p.numel() for p in model.strategy.parameters() if p.requires_grad)
     head = sum(p.numel() for p in model.head.parameters())
     return {"strategy": strategy, "head": head, "trainable": strategy + head}
-
-
-def check_writable(run_dir: Path) -> None:
-    """Fail before training when the output directory cannot be written."""
-    probe = run_dir / ".lspt-write-test"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            probe.write_bytes(b"x" * 4096)
-        finally:
-            probe.unlink(missing_ok=True)
-    except OSError as exc:
-        raise TrainingError(
-            f"{run_dir}: output directory is not writable ({exc.strerror or exc})",
-            hint="choose another --out or free some space",
-        ) from None
-
-
-@contextlib.contextmanager
-def _writing(run_dir: Path, what: str):
-    """A failed write in the run directory (disk full, read-only, ...) is one clear TrainingError:
-    the writes are atomic, so every file there, the last checkpoint included, is still whole."""
-    try:
-        yield
-    except OSError as exc:
-        kept = "the previous checkpoint is intact" if (run_dir / CHECKPOINT_NAME).exists() else "no checkpoint was written yet"
-        again = f"resume with: lspt tune --resume {run_dir}" if (run_dir / CONFIG_NAME).exists() else "run the same command again"
-        raise TrainingError(
-            f"could not write {what} in {run_dir} ({exc.strerror or exc}); {kept}",
-            hint=f"free some space, then {again}",
-        ) from None
 
 
 class Trainer:
@@ -255,7 +161,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.manifest = load_manifest(self.config.task)
         self.num_classes = len(self.manifest.classes)
-        # the protocol's rule (selection.py, README "Protocol"): what a final trains on, which epoch is reported
+        # the protocol's rule (selection.py, docs/protocol.md): what a final trains on, which epoch is reported
         self.rule = rule_for(cfg.protocol, self.manifest.benchmark)
         self.train_split = self.rule.train_split(self.config.final)
         self.watch_val = self.train_split != "trainval"  # on train+val there is no val to select on
@@ -271,7 +177,7 @@ class Trainer:
         self.input_size = int(data_cfg["input_size"][-1])
         self.style = transform_style(self.manifest.benchmark, self.manifest.extra, cfg.protocol)  # VTAB paper: TF1 resize
         self.mean, self.std = data_cfg["mean"], data_cfg["std"]
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         strategy = build_strategy(self.config.strategy, backbone.dims, self.config.strategy_config, host=self.host)
         self.model = PromptedViT(backbone, strategy, self.num_classes, head_init=cfg.head_init,
                                  readout=cfg.readout or None).to(self.device)
@@ -283,18 +189,13 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.base_lrs = [cfg.scaled_lr for _ in self.optimizer.param_groups]
         n_train = len(self.manifest.splits[self.train_split])
         self.order_length = len(self.dist.shard(list(range(n_train))))
         self.batch_size = rank_batch(cfg, self.dist.world_size)
         # VPT drops the last partial batch when it splits over GPUs (src/data/loader.py:55-58)
         self.drop_last = self.dist.enabled and cfg.ddp_batch == "split"
-        if self.drop_last:
-            self.steps_per_epoch = max(1, self.order_length // self.batch_size)
-        else:
-            self.steps_per_epoch = max(1, math.ceil(self.order_length / self.batch_size))
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.warmup_steps = min(cfg.warmup_epochs, cfg.epochs) * self.steps_per_epoch
+        self.steps_per_epoch = epoch_steps(self.order_length, self.batch_size, self.drop_last)
+        self.schedule = Schedule(cfg.schedule, cfg.scaled_lr, cfg.epochs, cfg.warmup_epochs, self.steps_per_epoch)
         self._speed_up(strategy)
         self.state_meta = {
             "backbone": {
@@ -312,7 +213,7 @@ class Trainer:
         }
 
     def _speed_up(self, strategy) -> None:
-        """README "Performance": gradient checkpointing, the linear probe's feature cache, torch.compile."""
+        """docs/performance.md: gradient checkpointing, the linear probe's feature cache, torch.compile."""
         from .feature_cache import FeatureCache, cache_decision
 
         cfg = self.cfg
@@ -370,7 +271,7 @@ class Trainer:
         state = {
             "epoch": epoch,  # the epoch in progress (== next epoch to run when position == 0)
             "position": position,  # batches of `epoch` already done
-            "step": epoch * self.steps_per_epoch + position,
+            "step": self.schedule.step(epoch, position),
             "trainable": {k: v.detach().cpu().clone() for k, v in self.model.trainable_state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "best": best,
@@ -384,14 +285,14 @@ class Trainer:
     def _write_checkpoint(self, state: dict) -> None:
         if not self.dist.is_main:
             return
-        with _writing(self.run_dir, "the checkpoint"):
+        with writing(self.run_dir, "the checkpoint"):
             save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
 
     def _save_best(self, metrics: dict) -> None:
         if not self.dist.is_main:
             return
         meta = bundle.make_metadata(metrics=metrics, **self.state_meta)
-        with _writing(self.run_dir, BEST_NAME):
+        with writing(self.run_dir, BEST_NAME):
             bundle.save(self.run_dir / BEST_NAME, self.model.trainable_state_dict(), meta)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -402,13 +303,13 @@ class Trainer:
         start_epoch, position, best, running = 0, 0, {"top1": -1.0, "epoch": -1}, {}
         last_good = None  # trainable tensors at the end of the last finished epoch (a diverged `paper` run ends there)
         diverged = None
-        if self.dist.is_main:  # temp files of atomic writes a kill interrupted (never read)
-            for stale in self.run_dir.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
+        if self.dist.is_main:
+            remove_temp_files(self.run_dir)
         if resume and not (self.run_dir / CHECKPOINT_NAME).exists():
             # killed before its first checkpoint: the config is there, so start over (same result)
             self.log(f"{self.run_dir} has no checkpoint yet: starting it from the beginning")
-            self._trim_metrics(0)
+            if self.dist.is_main:  # a metrics line past the checkpoint (a kill between the writes)
+                trim_metrics(self.run_dir, 0)
             resume = False
         if resume:
             state = load_checkpoint(self.run_dir / CHECKPOINT_NAME, self.config)  # checked (lspt_cli/schema.py)
@@ -419,14 +320,14 @@ class Trainer:
             last_good = state["trainable"] if position == 0 and start_epoch > 0 else None
             if position:
                 restore_rng(state, self.device)
-            self._trim_metrics(start_epoch)
+            if self.dist.is_main:  # a metrics line past the checkpoint (a kill between the writes)
+                trim_metrics(self.run_dir, start_epoch)
             self.log(f"Resuming {self.run_dir} at epoch {start_epoch + 1}" + (f", batch {position + 1}" if position else ""))
         elif self.dist.is_main:
-            with _writing(self.run_dir, CONFIG_NAME):
-                atomic.write_json(self.run_dir / CONFIG_NAME, {**self.config.to_json(), "meta": self.state_meta, "params": self.params})
+            write_config(self.run_dir, {**self.config.to_json(), "meta": self.state_meta, "params": self.params})
         if self.host is not None:
             self.host.emit("lspt_on_run_start", run=run, config=run.config)
-        # README "Tracking": --log's loggers, rank 0 only; they never stop or change the run
+        # docs/tracking.md: --log's loggers, rank 0 only; they never stop or change the run
         loggers = RunLoggers.open(cfg.loggers if self.dist.is_main else "", run, run.config, resume=resume, host=self.host)
 
         previous_handler = signal.getsignal(signal.SIGINT)
@@ -451,8 +352,7 @@ class Trainer:
                         self._save_best({"val_top1": val["top1"], "epoch": epoch + 1})
                 record["best_val_acc"] = best["top1"] if best["epoch"] >= 0 else None
                 if self.dist.is_main:  # metrics first: a resume trims lines past its checkpoint
-                    with _writing(self.run_dir, METRICS_NAME):
-                        atomic.append_line(self.run_dir / METRICS_NAME, json.dumps(record))
+                    append_metrics(self.run_dir, record)
                 state = self._checkpoint_state(epoch + 1, 0, best, None)
                 self._write_checkpoint(state)
                 last_good = state["trainable"]
@@ -484,17 +384,6 @@ class Trainer:
                  "(src/engine/trainer.py:104-113,187-189), and a sweep still compares it")
         return {"epoch": exc.epoch + 1, "step": exc.step + 1, "loss": str(exc.value), "epochs_done": done}
 
-    def _trim_metrics(self, epochs_done: int) -> None:
-        """Drop metric lines of epochs the checkpoint does not cover (a kill between the two writes)."""
-        path = self.run_dir / METRICS_NAME
-        if not path.exists() or not self.dist.is_main:
-            return
-        lines = [line for line in atomic.read_regular_text(path, "metrics log", TrainingError).splitlines() if line.strip()]
-        kept = [line for line in lines if _metrics_epoch(line) <= epochs_done]
-        if len(kept) != len(lines):
-            with _writing(self.run_dir, METRICS_NAME):
-                atomic.write_text(path, "".join(line + "\n" for line in kept))
-
     def _on_sigint(self, signum, frame) -> None:
         if self._interrupt:  # a second Ctrl-C: stop right now, the last epoch checkpoint stays
             raise KeyboardInterrupt
@@ -503,7 +392,7 @@ class Trainer:
     def _train_epoch(self, epoch: int, position: int, running: dict) -> dict[str, Any]:
         cfg = self.cfg
         if position == 0:
-            _seed_everything(cfg.seed * 100_003 + epoch + 1)
+            seed_epoch(cfg.seed, epoch)
         order = self.dist.shard(epoch_order(len(self.manifest.splits[self.train_split]), cfg.seed, epoch))
         if self.drop_last:
             order = order[: self.steps_per_epoch * self.batch_size]
@@ -526,13 +415,7 @@ class Trainer:
                 if self._interrupt:
                     loss_sum, correct, seen = self._read_totals(sums, epoch)
                     raise self._interrupted(epoch, step_in_epoch, running_state(loss_sum, correct, seen, train_seconds + time.time() - tick))
-                step = epoch * self.steps_per_epoch + step_in_epoch
-                if cfg.schedule == "per-epoch":
-                    factor = epoch_lr_factor(epoch, cfg.warmup_epochs, cfg.epochs)
-                else:
-                    factor = lr_factor(step, self.warmup_steps, self.total_steps)
-                for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-                    group["lr"] = base * factor
+                self.schedule.apply(self.optimizer, epoch, step_in_epoch)
                 images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
                 with autocast(self.device, self.amp):
                     logits = self.train_model(images)
@@ -643,26 +526,17 @@ class Trainer:
             "epochs": self.cfg.epochs,
             "seconds": sum(r.get("seconds", 0.0) for r in records) or seconds,
             "images_per_s": records[-1]["images_per_s"] if records else None,
-            **self.speed,  # feature_cache, compile_seconds (not part of `seconds`): README "Performance"
+            **self.speed,  # feature_cache, compile_seconds (not part of `seconds`): docs/performance.md
             **({"dead_tensors": records[0]["dead_tensors"]} if records and records[0].get("dead_tensors") else {}),
             **({"diverged": diverged} if diverged else {}),  # epoch, step, loss, epochs_done
         }
         if self.dist.is_main:
             meta = bundle.make_metadata(metrics=metrics, **self.state_meta)
-            with _writing(self.run_dir, BUNDLE_NAME):
+            with writing(self.run_dir, BUNDLE_NAME):
                 size = bundle.save(self.run_dir / BUNDLE_NAME, self.model.trainable_state_dict(), meta)
             summary.update(bundle=str(self.run_dir / BUNDLE_NAME), bundle_bytes=size)
-            with _writing(self.run_dir, SUMMARY_NAME):
-                atomic.write_json(self.run_dir / SUMMARY_NAME, summary)
+            write_summary(self.run_dir, summary)
         return summary
-
-
-def _metrics_epoch(line: str) -> float:
-    """The epoch of a metrics.jsonl line; a line that does not parse (torn by an older lspt) is dropped."""
-    try:
-        return float(json.loads(line)["epoch"])
-    except (ValueError, TypeError, KeyError):
-        return math.inf
 
 
 def running_state(loss_sum: float, correct: int, seen: int, seconds: float) -> dict[str, Any]:
@@ -674,13 +548,3 @@ def _nan_hint(run_dir: Path, epoch: int) -> str:
     if (run_dir / CHECKPOINT_NAME).exists():
         return f"the last good checkpoint (end of epoch {epoch}) is intact in {run_dir}; lower --lr or keep --grad-clip on"
     return "no checkpoint was written before it (it failed in the first epoch); start again with a lower --lr, or keep --grad-clip on"
-
-
-def read_run_config(run_dir: Path) -> ResolvedConfig:
-    """The config of the run in RUN_DIR (every field checked: lspt_cli/schema.py)."""
-    path = Path(run_dir) / CONFIG_NAME
-    if not Path(run_dir).is_dir():
-        raise UsageError(f"{run_dir}: no such run directory")
-    if not path.exists() and not path.is_symlink():
-        raise UsageError(f"{run_dir}: not an lspt run directory (no {CONFIG_NAME})")
-    return schema.run_config(path)

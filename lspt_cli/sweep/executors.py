@@ -31,7 +31,8 @@ _RUNNING: subprocess.Popen | None = None  # the trial run_trial is running in th
 def run_in_process(trial: Trial, host) -> tuple[str, dict | None, str | None]:
     """(outcome, summary, error) of one trial run in this process (Ctrl-C propagates)."""
     state = "new"
-    from ..engine.train import Interrupted, Trainer, check_writable
+    from ..engine.run_files import check_writable
+    from ..engine.train import Interrupted, Trainer
 
     from ..locks import hold
 
