@@ -147,13 +147,17 @@ class ResolvedConfig:
     final: bool = False
     recipes: list[str] = field(default_factory=list)
     grid: dict[str, list] = field(default_factory=dict)
+    # warnings about how the config came about (resolve_config), shown by tune and sweep; not recorded
+    notes: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def protocol(self) -> str:
         return self.train.protocol
 
     def to_json(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, **dataclasses.asdict(self)}
+        doc = {"protocol": self.protocol, **dataclasses.asdict(self)}
+        doc.pop("notes")
+        return doc
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ResolvedConfig":
@@ -191,8 +195,15 @@ def resolve_config(
         t, s = recipe_layers(spec.values, task)
         train.update(t), strat.update(s), grid.update(spec.values.get("grid", {}))
         used.append(spec.name)
+    notes = []
+    if spec is None and recipe_file is None:
+        notes.append(f"no recipe for {strategy} on {backbone} ({benchmark}): the {train.get('protocol', TrainConfig.protocol)} "
+                     f"protocol's fallbacks apply ({TrainConfig.epochs} epochs, lr {TrainConfig.lr}, the strategy's "
+                     f"default options); pass --recipe FILE or the flags for a setup that suits this backbone")
     if recipe_file is not None:
         data = load_recipe_file(recipe_file)
+        notes += _mismatches(data.get("match", {}), recipe_file, strategy=strategy, backbone=backbone,
+                             benchmark=benchmark, task=task)
         t, s = recipe_layers(data, task)
         train.update(t), strat.update(s), grid.update(data.get("grid", {}))
         used.append(str(recipe_file))
@@ -204,7 +215,18 @@ def resolve_config(
     if protocol not in PROTOCOLS:
         raise ConfigError(f"'protocol' must be {one_of(PROTOCOLS)}, got {protocol!r}")
     config = TrainConfig(**{**PROTOCOL_DEFAULTS[protocol], **train}).validate()  # explicit values win
-    return ResolvedConfig(
+    if config.warmup_epochs >= config.epochs:
+        notes.append(f"--warmup-epochs {config.warmup_epochs} is not below --epochs {config.epochs}: the lr never "
+                     f"leaves its warm-up (nor reaches --lr); pass --warmup-epochs below {config.epochs}")
+    resolved = ResolvedConfig(
         backbone=backbone, strategy=strategy, task=task, benchmark=benchmark, weights=weights,
-        train=config, strategy_config=strat, final=final, recipes=used, grid=grid,
+        train=config, strategy_config=strat, final=final, recipes=used, grid=grid, notes=notes,
     )
+    return resolved
+
+
+def _mismatches(match: dict[str, str], recipe_file, **run: str) -> list[str]:
+    """A --recipe FILE written for another run is still applied (the user asked for it), with a
+    warning naming what its [match] says."""
+    return [f"{recipe_file}: [match] {key} = {pattern!r} does not match this run's {key} {run[key]!r}; applied anyway"
+            for key, pattern in match.items() if not fnmatch.fnmatchcase(run[key], pattern)]

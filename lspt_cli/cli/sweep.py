@@ -15,7 +15,7 @@ import typer
 
 from ..errors import LsptError, UsageError
 from ..messages import printable
-from .output import complete_from, err, info, out, print_json, progress_enabled
+from .output import complete_from, err, info, out, print_json, progress_enabled, warning_line
 from .train_options import given_values, with_train_options
 
 
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         tasks = expand_tasks(task, host)
         from ..loggers import check_loggers
 
-        check_loggers(train["loggers"], host)  # an unknown logger or a missing extra: before any trial
+        check_loggers(train["loggers"], host, train.get("log_options"))  # an unknown logger or a missing extra: before any trial
         from ..sweep import check_executor
 
         executor_options = _executor_options(executor_opt)
@@ -94,6 +94,8 @@ def register(app: typer.Typer) -> None:
             grid=parse_grid(grid), train_overrides=overrides, strategy_overrides=set_values,
             weights=str(weights) if weights else None, recipe=str(recipe) if recipe else None, finals=finals,
         )
+        if not quiet:
+            _warn_notes(spec, host)
         if plan_only:
             prefix = ["lspt"]
             for kind in ("cache", "data", "config"):
@@ -187,6 +189,22 @@ def register(app: typer.Typer) -> None:
                 line += "nothing selected (" + sel.get("reason", "no selection") + ")"
             out.print(printable(line), markup=False)
         _fail_if_trials_failed(doc, spec.sweep_dir)
+
+
+def _warn_notes(spec, host) -> None:
+    """resolve_config's warnings (no recipe, a --recipe for another run, warm-up past the end), once."""
+    from ..sweep import base_config
+
+    seen: set[str] = set()
+    for task in spec.tasks:
+        try:
+            notes = base_config(spec, task, host).notes
+        except LsptError:
+            continue  # the trials report it, each with its error
+        for note in notes:
+            if note not in seen:
+                seen.add(note)
+                warning_line(note)
 
 
 def _fail_if_trials_failed(doc: dict, sweep_dir: Path) -> None:

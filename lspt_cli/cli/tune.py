@@ -22,7 +22,7 @@ from ..errors import UsageError
 from ..run_handle import latest_link, point_latest
 from ..settings import RESUME_MAY_CHANGE, one_of
 from ..validate import option_name
-from .output import complete_from, err, info, out, print_json, progress_enabled, safe
+from .output import complete_from, err, info, out, print_json, progress_enabled, safe, warning_line
 from .train_options import given_values, with_train_options
 
 
@@ -159,12 +159,17 @@ def register(app: typer.Typer) -> None:
             )
             host.strategies.get(strategy).options(config.strategy_config)  # before any training
             run_dir = out_dir or default_run_dir(task, strategy, backbone)
+            if not quiet:
+                for note in config.notes:
+                    warning_line(note)
         if dry_run:
-            print_json({**config.to_json(), "lr_trained": config.train.scaled_lr, "run_dir": str(run_dir)})
+            options = host.strategies.get(config.strategy).options(config.strategy_config)
+            print_json({**config.to_json(), "strategy_options": options, "lr_trained": config.train.scaled_lr,
+                        "run_dir": str(run_dir)})
             return
         from ..loggers import check_loggers
 
-        check_loggers(config.train.loggers, host)  # an unknown logger or a missing extra: before any training
+        check_loggers(config.train.loggers, host, config.train.log_options)  # an unknown logger or a missing extra: before any training
         if resume is None:
             _check_task_ready(config.task)  # before "Run directory:": a missing task leaves nothing behind
         summary = run_tune(config, run_dir, resume=resume is not None, json_=json_, quiet=quiet, host=host,

@@ -32,7 +32,7 @@ Nothing here imports the CLI layer, and torch only when a trial runs in-process.
 from .driver import Sweep
 from .executors import (LocalExecutor, check_executor, open_executor, payload, run_in_process, run_subprocess,
                         run_trial, run_trial_here, subprocess_argv, tune_argv, worker_envs)
-from .grid import (DEFAULT_SEEDS, GRID_ALIASES, SHORT_NAMES, STDERR_TAIL, TRIAL_CONFIG, SweepSpec, Trial,
+from .grid import (DEFAULT_SEEDS, base_config, GRID_ALIASES, SHORT_NAMES, STDERR_TAIL, TRIAL_CONFIG, SweepSpec, Trial,
                    build_final_trials, build_grid_trials, check_grid_keys, expand_tasks, format_value, grid_points,
                    make_trial, ordered_point, parse_grid, parse_seeds, prepared_task_ids, run_state, select_best,
                    select_trial, selection_key, task_dir_name, task_grid, task_rule, trial_name)

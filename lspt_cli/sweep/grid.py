@@ -230,6 +230,11 @@ def _resolve(spec: SweepSpec, task: str, host, train: dict, strat: dict, final: 
     )
 
 
+def base_config(spec: SweepSpec, task: str, host):
+    """The config a task's trials start from (before grid points and seeds), with its notes."""
+    return _resolve(spec, task, host, spec.train_overrides, spec.strategy_overrides, False)
+
+
 def task_grid(spec: SweepSpec, task: str, host) -> dict[str, list]:
     """The grid of one task: `--grid` flags, else the recipe's [grid] minus keys pinned by flags."""
     if spec.grid:
