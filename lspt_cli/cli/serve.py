@@ -47,6 +47,10 @@ def register(app: typer.Typer) -> None:
         read_timeout: float = typer.Option(30.0, "--read-timeout", min=0.1, help="Seconds a client may take to send its body (408 after)."),
         watch_interval: float = typer.Option(1.0, "--watch-interval", min=0.05, help="Seconds between scans of --watch."),
         drain_timeout: float = typer.Option(30.0, "--drain-timeout", min=0.0, help="On SIGTERM, seconds to let in-flight requests finish."),
+        engine: str = typer.Option("local", "--engine", help="local (uvicorn in this process) or ray (a Ray Serve deployment with --replicas)."),
+        replicas: int = typer.Option(1, "--replicas", min=1, help="--engine ray: copies of the app, each with its own backbones and batcher."),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--engine ray: a running cluster (ray://... or auto).  [default: a local cluster for this command]"),
+        cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica", min=0.0, help="--engine ray: CPUs Ray reserves per replica."),
     ):
         """Serve bundles over HTTP: one backbone per weights, requests of all tasks batched together."""
         try:
@@ -57,14 +61,21 @@ def register(app: typer.Typer) -> None:
         except ImportError as exc:
             raise UsageError(f"lspt serve needs the 'serve' extra ({exc.name} is missing)",
                              hint="pip install 'lspt[serve]'") from None
+        if engine not in ("local", "ray"):
+            raise UsageError(f"--engine must be local or ray, got {engine!r}")
+        if engine == "local" and (replicas != 1 or ray_address):
+            raise UsageError("--replicas and --ray-address need --engine ray")
         check_exposure(host, token, insecure)  # before loading anything
         parsed = [parse_bundle_argument(b) for b in bundles or []]
         if not parsed and watch is None:
             raise UsageError("serve needs bundles or --watch DIR", hint="lspt serve cub.safetensors dogs=dogs-v2.safetensors")
         if threads:
+            import os
+
             import torch
 
             torch.set_num_threads(threads)
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # --engine ray: the replicas' torch reads it
         options = ServeOptions(
             bundles=parsed, watch=watch, watch_interval=watch_interval, host=host, port=port, token=token or None,
             insecure=insecure, weights=parse_weights(weights or []), device=device, max_batch=max_batch,
@@ -72,4 +83,9 @@ def register(app: typer.Typer) -> None:
             limits=Limits(max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_pixels=max_pixels,
                           read_timeout_s=read_timeout),
         )
-        run_server(options)
+        if engine == "ray":
+            from ..serve.ray_engine import serve_ray
+
+            serve_ray(options, replicas=replicas, address=ray_address, cpus_per_replica=cpus_per_replica)
+        else:
+            run_server(options)
