@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
       "engine.run_files", "engine.optimizer"}),
     ("what is built on the engine: sweeps, reports, explanations, the Python API, the server, the checks",
      {"sweep", "sweep.driver", "sweep.executors", "sweep.grid", "sweep.render", "sweep.state", "report", "explain",
-      "api", "serve", "serve.app", "serve.batcher", "serve.metrics", "serve.registry", "serve.server",
+      "api", "serve", "serve.app", "serve.batcher", "serve.metrics", "serve.registry", "serve.server", "serve.ray_engine",
       "conformance"}),
     ("the command line, and the plugin authors' kit that drives it",
      {"cli", "__main__", "testing"} | {f"cli.{p.stem}" for p in (PACKAGE / "cli").glob("*.py") if p.stem != "__init__"}),
