@@ -86,7 +86,8 @@ def run_trial(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
 def run_trial_here(job: dict[str, Any]) -> tuple[str, dict | None, str | None]:
     """run_trial, with its `lspt tune` in this process instead of a new one: for an engine's long-lived
     worker (Ray reuses one per CPU slot), which then imports torch once, not once per trial (~4 s).
-    The payload's env is applied to this process: run only trials in it."""
+    The payload's env is applied to this process for the trial and undone after it (os.environ and
+    torch's thread count), so the worker's next trial never inherits it."""
     return _claimed_run(job, _tune_here)
 
 
@@ -134,21 +135,33 @@ def _tune_here(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
 
     import torch
 
-    os.environ.update(env)  # before the trial touches CUDA: CUDA_VISIBLE_DEVICES="" keeps a CPU trial off GPUs
-    os.environ.setdefault("LSPT_NO_PROGRESS", "1")
-    if env.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # OMP_NUM_THREADS counts only at torch's import
+    saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
     out, err, saved_argv = io.StringIO(), io.StringIO(), sys.argv
-    sys.argv = ["lspt", *argv[3:]]  # argv: [python, -m, lspt_cli, tune, ...]
     try:
+        os.environ.update(env)  # before the trial touches CUDA: CUDA_VISIBLE_DEVICES="" keeps a CPU trial off GPUs
+        os.environ.setdefault("LSPT_NO_PROGRESS", "1")
+        if env.get("OMP_NUM_THREADS"):
+            torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # OMP_NUM_THREADS counts only at torch's import
+        sys.argv = ["lspt", *argv[3:]]  # argv: [python, -m, lspt_cli, tune, ...]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             runpy.run_module(argv[2], run_name="__main__")
         code = 0
     except SystemExit as exc:  # the CLI always exits; --json's summary is read from summary.json
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
+    finally:  # the worker runs the next trial: it starts from the worker's own environment, not this one's
         sys.argv = saved_argv
+        restore_environ(saved_env)
+        torch.set_num_threads(saved_threads)
     return code, err.getvalue() or out.getvalue()
+
+
+def restore_environ(saved: dict[str, str]) -> None:
+    """Make os.environ equal `saved` again: keys a trial added are removed, changed ones restored."""
+    for key in [k for k in os.environ if k not in saved]:
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def stop_running_trial(grace_s: float = 120.0) -> None:
