@@ -10,7 +10,7 @@ from registered import PROMPTED, STRATEGIES
 import torch
 import torch.nn.functional as F
 
-from lspt_cli.backbone import VIT_B16
+from lspt_cli.backbone import VIT_B16, BackboneDims
 from lspt_cli.errors import ConfigError
 from lspt_cli.plugins import get_host
 from lspt_cli.prompted import PromptedViT, build_strategy
@@ -376,6 +376,9 @@ VIT_B16_COUNTS = {
 }
 
 
+TINY = BackboneDims(embed_dim=64, depth=4, num_heads=4, num_patches=16, patch_size=8)  # conftest's tiny ViT
+
+
 def trainable_count(module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -397,13 +400,19 @@ def test_count_params_at_vit_b16_defaults(name):
         ("gapt", {"num_prompts": 3, "temperature": False}),
         ("lspt", {"memory": "none"}),
         ("lspt", {"lstm_dim": 16, "temperature": False, "num_prompts": 1}),
+        ("lspt", {"spatial": "none", "num_prompts": 0, "gate_init": 1}),
+        ("gapt", {}),
+        ("vpt-deep", {"num_prompts": 0}),
+        ("linear", {}),
     ],
 )
-def test_count_params_follows_config(name, config):
+@pytest.mark.parametrize("dims", [VIT_B16, TINY], ids=["vit-b16", "tiny"])
+def test_count_params_follows_config(name, config, dims):
+    """The count (the module built on the meta device) is the real module's, for any options and shapes."""
     spec = get_host().strategies.get(name)
-    strategy = build_strategy(name, VIT_B16, config)
-    assert spec.count_params(VIT_B16, {**spec.defaults, **config}) == trainable_count(strategy)
-    assert spec.count_params(VIT_B16, config) == trainable_count(strategy)  # partial config: defaults fill in
+    strategy = build_strategy(name, dims, config)
+    assert spec.count_params(dims, {**spec.defaults, **config}) == trainable_count(strategy)
+    assert spec.count_params(dims, config) == trainable_count(strategy)  # partial config: defaults fill in
 
 
 # -- registration and config --------------------------------------------------------------------
@@ -419,13 +428,82 @@ def test_builtin_registration():
 
 
 def test_registration_module_does_not_import_torch():
+    """The specs (names, defaults, factories) are read from the strategy files' STRATEGIES tables
+    without importing them; only counting (the module built on the meta device) imports torch."""
     code = (
-        "import sys, types, lspt_plugins.strategies as s\n"
-        "dims = types.SimpleNamespace(embed_dim=768, depth=12)\n"
-        "assert [x.count_params(dims, {}) for x in s.SPECS] == [0, 76800, 92160, 76823, 208407]\n"
-        "assert 'torch' not in sys.modules"
+        "import sys, lspt_plugins.strategies as s\n"
+        "assert [x.name for x in s.SPECS] == ['linear', 'vpt-shallow', 'vpt-deep', 'gapt', 'lspt']\n"
+        "assert s.SPECS[4].defaults['lstm_dim'] == 64 and s.SPECS[4].factory.endswith('.lspt:LSPT')\n"
+        "assert 'torch' not in sys.modules and 'lspt_plugins.strategies.lspt' not in sys.modules\n"
+        "from lspt_cli.backbone_dims import VIT_B16\n"
+        "assert [x.count_params(VIT_B16, {}) for x in s.SPECS] == [0, 76800, 92160, 76823, 208407]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_each_file_declares_what_it_registers():
+    """The STRATEGIES table read from a file's source is the one the imported file defines, and its
+    defaults are its class's own (a strategy is registered next to its class)."""
+    import importlib
+    import inspect
+
+    from lspt_plugins import strategies
+
+    for family in strategies.FAMILIES:
+        module = importlib.import_module(f"lspt_plugins.strategies.{family}")
+        assert strategies.read_table(family) == tuple(module.STRATEGIES)
+        for entry in module.STRATEGIES:
+            cls = getattr(module, entry["class"])
+            assert entry["class"] in module.__all__
+            signature = inspect.signature(cls.__init__).parameters
+            defaults = {k: p.default for k, p in signature.items() if k not in ("self", "dims", "config")}
+            assert defaults == entry["defaults"]
+
+
+def test_a_table_that_is_not_plain_data_is_refused(tmp_path, monkeypatch):
+    from lspt_plugins import strategies
+
+    (tmp_path / "odd.py").write_text("PAPER = 'x'\nSTRATEGIES = ({'name': 'odd', 'paper': PAPER},)\n")
+    (tmp_path / "none.py").write_text("import torch\n")
+    monkeypatch.setattr(strategies, "__file__", str(tmp_path / "__init__.py"))
+    with pytest.raises(ValueError):
+        strategies.read_table("odd")
+    with pytest.raises(Exception, match="has no STRATEGIES table"):
+        strategies.read_table("none")
+
+
+def test_no_strategy_inherits_from_another():
+    """LSPT reads on its own from lspt.py: GaPT's and VPT's pieces come from parts.py, not their classes."""
+    import ast
+    from pathlib import Path
+
+    from lspt_cli.prompted import PromptStrategy
+    from lspt_plugins import strategies
+    from lspt_plugins.strategies.gapt import GaPT
+    from lspt_plugins.strategies.lspt import LSPT
+    from lspt_plugins.strategies.vpt import VPTDeep, VPTShallow
+
+    for cls in (VPTShallow, VPTDeep, GaPT, LSPT):
+        assert cls.__bases__ == (PromptStrategy,), cls
+    for family in ("vpt", "gapt", "lspt"):
+        tree = ast.parse(Path(strategies.__file__).with_name(f"{family}.py").read_text())
+        local = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
+        assert local <= {"parts", None}, (family, local)  # `from . import parts`, `from .parts import ...`
+
+
+TENSOR_NAMES = {  # the bundles' tensor names: old bundles must keep loading
+    "linear": set(),
+    "vpt-shallow": {"prompts"},
+    "vpt-deep": {"prompts"},
+    "gapt": {"prompts", "gate_logits", "tau"},
+    "lspt": {"prompts", "gate_logits", "tau", "memory_in.weight", "lstm.weight_ih", "lstm.weight_hh",
+             "lstm.bias_ih", "lstm.bias_hh", "memory_out.weight"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TENSOR_NAMES))
+def test_bundle_tensor_names_are_stable(tiny_backbone, name):
+    assert set(build_strategy(name, tiny_backbone.dims).state_dict()) == TENSOR_NAMES[name]
 
 
 def test_unknown_option_names_the_allowed_ones():
@@ -466,7 +544,7 @@ def test_config_round_trip(tiny_backbone, name):
 
 def test_check_float_bounds_are_closed_unless_asked_open():
     """[low, high] by default; VPT's dropout asks for [0, 1): p = 1 would drop every prompt."""
-    from lspt_plugins.strategies.vpt import check_float
+    from lspt_plugins.strategies.parts import check_float
 
     assert check_float("s", "k", 1, 0.0, 1.0) == 1.0 and check_float("s", "k", 0.0, 0.0, 1.0) == 0.0
     with pytest.raises(ConfigError, match=r"k must be a number in \[0.0, 1.0\), got 1.0"):
@@ -484,12 +562,13 @@ def test_linear_probe_has_no_prompt_slots(tiny_backbone):
     assert torch.equal(strategy.patch_tokens(x), x[:, strategy.prefix :])
 
 
-def test_counter_fills_the_defaults_under_the_given_config():
-    """count_params(dims, config) = count(embed_dim, depth, defaults overridden by config), as ints."""
+def test_count_trainable_fills_the_defaults_and_takes_any_dims():
+    """count_params(dims, config): the defaults under `config`; `dims` anything with BackboneDims' fields."""
     from types import SimpleNamespace
 
-    from lspt_plugins.strategies import _counter
-
-    count = _counter({"a": 1, "b": 10}, lambda d, depth, c: d * 100 + depth * 10 + c["a"] + c["b"] / 2)
-    dims = SimpleNamespace(embed_dim="3", depth=2.0)  # anything int() takes
-    assert count(dims) == 326 and count(dims, {"a": 4}) == 329 and count(dims, {"b": 3}) == 322  # 322.5, truncated
+    spec = get_host().strategies.get("vpt-deep")
+    assert spec.count_params(VIT_B16) == 12 * 10 * 768
+    assert spec.count_params(SimpleNamespace(embed_dim=64, depth=4.0), {"num_prompts": 2}) == 4 * 2 * 64
+    assert spec.count_params(VIT_B16, {"num_prompts": 10**9}) == 12 * 10**9 * 768  # meta: nothing allocated
+    with pytest.raises(ConfigError):
+        spec.count_params(VIT_B16, {"num_prompts": "x"})

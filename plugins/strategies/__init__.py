@@ -1,110 +1,86 @@
-"""Built-in strategies (registered through the `lspt` entry point `strategies`).
+"""Built-in strategies, registered through the `lspt` entry point `strategies` like any plugin's.
 
-This module must stay torch-free: factories are "module:attr" strings imported on use, and the
-parameter counts below are plain arithmetic (`lspt list strategies` shows them instantly). Each
-count is checked against the instantiated module in tests/test_strategies.py.
+One family per file, each opening with its paper: linear.py (the linear probe), vpt.py (VPT-shallow,
+VPT-deep), gapt.py (GaPT), lspt.py (LSPT); parts.py holds the small pieces the prompt strategies
+share (option checks, VPT's prompt init and dropout, GaPT's gate and temperature). No strategy
+inherits from another.
+
+A strategy is declared next to its class: each file's `STRATEGIES` table lists what it registers
+(name, description, defaults, paper, and the class that builds it). Registering must not import
+torch (`lspt --help` and shell completion load every plugin) while the strategy files do, so this
+hook reads each table from the file's source as data (`ast.literal_eval` of that one assignment,
+the way setuptools reads a `__version__` without importing the module); a file is imported only
+when one of its strategies is built or counted.
+
+The trainable-parameter count (`lspt list strategies`, the memory check before a strategy is built)
+comes from the module, not from a formula: `count_trainable` builds the strategy on the meta device
+(no memory, no random numbers drawn) and sums its trainable tensors. It imports torch, so
+`lspt list strategies` does; `lspt --help` and registration do not.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import ast
+from dataclasses import fields
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 from lspt_cli import hookimpl
+from lspt_cli.backbone_dims import BackboneDims
+from lspt_cli.errors import PluginError
 from lspt_cli.specs import StrategySpec
 
-VPT_PAPER = "Jia et al., Visual Prompt Tuning, ECCV 2022 (arXiv:2203.12119)"
-GAPT_PAPER = (
-    "Yoo et al., Improving Visual Prompt Tuning for Self-supervised Vision Transformers, "
-    "ICML 2023 (arXiv:2306.05067)"
-)
-LSPT_PAPER = "Mo et al., LSPT: Long-term Spatial Prompt Tuning for Visual Representation Learning, 2024 (arXiv:2402.17406)"
-
-LINEAR_DEFAULTS: dict[str, Any] = {}
-VPT_SHALLOW_DEFAULTS: dict[str, Any] = {"num_prompts": 100, "dropout": 0.0}
-VPT_DEEP_DEFAULTS: dict[str, Any] = {"num_prompts": 10, "dropout": 0.1}
-GAPT_DEFAULTS: dict[str, Any] = {"num_prompts": 100, "gate_init": 5.0, "temperature": True, "dropout": 0.0}
-LSPT_DEFAULTS: dict[str, Any] = {
-    **GAPT_DEFAULTS,
-    "spatial": "mean",
-    "memory": "lstm",
-    "lstm_dim": 64,
-}
+FAMILIES = ("linear", "vpt", "gapt", "lspt")  # the files, in `lspt list strategies` order
 
 
-def _counter(defaults: dict[str, Any], count: Callable[[int, int, dict[str, Any]], int]):
-    """count_params(dims, config): dims is anything with embed_dim and depth (BackboneDims, BackboneSpec)."""
-
-    def count_params(dims: Any, config: dict[str, Any] | None = None) -> int:
-        return int(count(int(dims.embed_dim), int(dims.depth), {**defaults, **(config or {})}))
-
-    return count_params
-
-
-def _gapt_count(d: int, depth: int, c: dict[str, Any]) -> int:
-    prompts = c["num_prompts"] * d
-    gates = depth - 1
-    taus = depth if c["temperature"] else 0
-    return prompts + gates + taus
+def read_table(family: str) -> tuple[dict[str, Any], ...]:
+    """The `STRATEGIES` table of plugins/strategies/<family>.py, read from its source without running it."""
+    path = Path(__file__).with_name(f"{family}.py")
+    for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "STRATEGIES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))  # ValueError names the node that is not plain data
+    raise PluginError(f"{path} has no STRATEGIES table")
 
 
-def _lspt_count(d: int, depth: int, c: dict[str, Any]) -> int:
-    total = _gapt_count(d, depth, c)
-    if c["memory"] == "lstm":
-        r = c["lstm_dim"]
-        total += d * r  # W_in, no bias
-        total += 4 * r * r * 2 + 4 * r * 2  # LSTMCell(r, r): W_ih, W_hh, b_ih, b_hh
-        total += r * d  # W_out, no bias
-    return total
+def count_trainable(factory: str, defaults: dict[str, Any], dims: Any, config: dict[str, Any] | None = None) -> int:
+    """The trainable parameters (head excluded) of the strategy `factory(dims, **options)` builds, with
+    `defaults` overridden by `config`: the module itself, built on the meta device, counted.
+
+    `dims` is a BackboneDims or anything with some of its fields (the others keep ViT-B/16's).
+    """
+    import torch
+
+    from lspt_cli.plugins import resolve_factory
+
+    if not isinstance(dims, BackboneDims):
+        given = {f.name: int(getattr(dims, f.name)) for f in fields(BackboneDims) if hasattr(dims, f.name)}
+        dims = BackboneDims(**given)
+    with torch.device("meta"):
+        module = resolve_factory(factory)(dims, **{**defaults, **(config or {})})
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-count_linear = _counter(LINEAR_DEFAULTS, lambda d, depth, c: 0)
-count_vpt_shallow = _counter(VPT_SHALLOW_DEFAULTS, lambda d, depth, c: c["num_prompts"] * d)
-count_vpt_deep = _counter(VPT_DEEP_DEFAULTS, lambda d, depth, c: depth * c["num_prompts"] * d)
-count_gapt = _counter(GAPT_DEFAULTS, _gapt_count)
-count_lspt = _counter(LSPT_DEFAULTS, _lspt_count)
+def specs_of(family: str) -> list[StrategySpec]:
+    """One StrategySpec per entry of the family's table; the factory is the entry's class."""
+    specs = []
+    for entry in read_table(family):
+        factory = f"{__name__}.{family}:{entry['class']}"
+        defaults = dict(entry["defaults"])
+        specs.append(
+            StrategySpec(
+                name=entry["name"],
+                description=entry["description"],
+                factory=factory,
+                defaults=defaults,
+                count_params=partial(count_trainable, factory, defaults),
+                paper=entry["paper"],
+            )
+        )
+    return specs
 
-SPECS = [
-    StrategySpec(
-        name="linear",
-        description="Linear probe: no prompts, a head on the frozen feature.",
-        factory="lspt_plugins.strategies.linear:LinearProbe",
-        defaults=LINEAR_DEFAULTS,
-        count_params=count_linear,
-        paper="baseline (" + VPT_PAPER + ", 'Linear')",
-    ),
-    StrategySpec(
-        name="vpt-shallow",
-        description="VPT-shallow: prompts inserted once before block 1.",
-        factory="lspt_plugins.strategies.vpt:VPTShallow",
-        defaults=VPT_SHALLOW_DEFAULTS,
-        count_params=count_vpt_shallow,
-        paper=VPT_PAPER,
-    ),
-    StrategySpec(
-        name="vpt-deep",
-        description="VPT-deep: fresh prompts before every block.",
-        factory="lspt_plugins.strategies.vpt:VPTDeep",
-        defaults=VPT_DEEP_DEFAULTS,
-        count_params=count_vpt_deep,
-        paper=VPT_PAPER,
-    ),
-    StrategySpec(
-        name="gapt",
-        description="GaPT: gated prompts + attention temperature.",
-        factory="lspt_plugins.strategies.gapt:GaPT",
-        defaults=GAPT_DEFAULTS,
-        count_params=count_gapt,
-        paper=GAPT_PAPER,
-    ),
-    StrategySpec(
-        name="lspt",
-        description="LSPT: GaPT + spatial coding + shared-LSTM prompt memory.",
-        factory="lspt_plugins.strategies.lspt:LSPT",
-        defaults=LSPT_DEFAULTS,
-        count_params=count_lspt,
-        paper=LSPT_PAPER,
-    ),
-]
+
+SPECS = [spec for family in FAMILIES for spec in specs_of(family)]
 
 
 @hookimpl

@@ -15,36 +15,70 @@ block's prompt outputs are not gated (nothing reads them further, except the MAE
 which averages them as they come out of the block).
 
 Adaptive attention temperature (`temperature = true`): one scalar tau_l per block, init 1, projected
-into [0.01, 10] in place before every forward (GaPT's `reinit_temp`; see `project_tau`); attention
-becomes softmax(Q K^T / (sqrt(d) tau_l)). The runner applies it by
-multiplying q by 1 / tau_l (`attention_scales`), which works with timm's fused attention.
+into [0.01, 10] in place before every forward (GaPT's `reinit_temp`; see `parts.project_tau`);
+attention becomes softmax(Q K^T / (sqrt(d) tau_l)). The runner applies it by multiplying q by
+1 / tau_l (`attention_scales`), which works with timm's fused attention.
 
 Trainable: prompts (Np * D), gamma (L - 1), tau (L, if temperature), plus the head.
 Config: num_prompts (100, the paper's FGVC setting), gate_init (5), temperature (true),
 dropout (0.0, prompt dropout at insertion, as VPT-shallow).
 
 Implementation: the gate is three element-wise ops on the [B, Np, D] prompts per block, the gates'
-sigmoid is computed once per forward, and no per-prompt loops run.
+sigmoid is computed once per forward, and no per-prompt loops run. The pieces shared with VPT and
+LSPT (prompt init and dropout, the gate, the temperature) are in parts.py.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from lspt_cli.backbone import BackboneDims
-from lspt_cli.errors import ConfigError
+from lspt_cli.prompted import PromptStrategy
 
-from .vpt import VPTShallow, check_bool, check_int
+from . import parts
+from .parts import (
+    check_bool,
+    check_float,
+    check_int,
+    check_number,
+    drop_prompts,
+    gate,
+    gate_logits,
+    temperatures,
+    vpt_prompts,
+)
 
-TAU_MIN, TAU_MAX = 0.01, 10.0
+__all__ = ["GaPT"]
+
+# What this file registers (see vpt.py and plugins/strategies/__init__.py): plain data, read
+# without importing this file.
+STRATEGIES = (
+    {
+        "name": "gapt",
+        "class": "GaPT",
+        "description": "GaPT: gated prompts + attention temperature.",
+        "defaults": {"num_prompts": 100, "gate_init": 5.0, "temperature": True, "dropout": 0.0},
+        "paper": (
+            "Yoo et al., Improving Visual Prompt Tuning for Self-supervised Vision Transformers, "
+            "ICML 2023 (arXiv:2306.05067)"
+        ),
+    },
+)
 
 
-class GaPT(VPTShallow):
-    """VPT-shallow prompts + per-block gates on the prompt outputs + attention temperature."""
+class GaPT(PromptStrategy):
+    """VPT-shallow prompts + per-block gates on the prompt outputs + attention temperature.
+
+    Args:
+        dims: the backbone's shapes.
+        num_prompts: Np, the prompt tokens inserted before block 1 (an integer >= 0).
+        gate_init: gamma_l starts at -gate_init (a finite number; large = gates almost closed).
+        temperature: learn a per-block attention temperature tau_l (true/false).
+        dropout: prompt dropout at insertion, in [0, 1).
+    """
 
     strategy_name = "gapt"
 
@@ -56,43 +90,29 @@ class GaPT(VPTShallow):
         temperature: bool = True,
         dropout: float = 0.0,
     ):
-        super().__init__(dims, num_prompts=num_prompts, dropout=dropout)
         name = self.strategy_name
-        if isinstance(gate_init, bool) or not isinstance(gate_init, (int, float)) or not math.isfinite(gate_init):
-            raise ConfigError(f"strategy '{name}': gate_init must be a finite number, got {gate_init!r}")
+        num_prompts = check_int(name, "num_prompts", num_prompts, 0)
+        dropout = check_float(name, "dropout", dropout, 0.0, 1.0, high_open=True)
+        gate_init = check_number(name, "gate_init", gate_init)
         temperature = check_bool(name, "temperature", temperature)
         check_int(name, "depth", dims.depth, 1)
-        self._config.update(gate_init=gate_init, temperature=temperature)
-        # gamma_l for l = 1..L-1 (index 0..L-2): the last block's prompt output is not carried on.
-        self.gate_logits = nn.Parameter(torch.full((dims.depth - 1,), -float(gate_init)))
-        self.tau = nn.Parameter(torch.ones(dims.depth)) if temperature else None
+        super().__init__(dims, num_prompts=num_prompts, dropout=dropout, gate_init=gate_init, temperature=temperature)
+        self.num_prompts = num_prompts
+        self.dropout = nn.Dropout(dropout)
+        self.prompts = vpt_prompts(dims, num_prompts)  # [Np, D]
+        self.gate_logits = gate_logits(dims.depth, gate_init)  # [L - 1]
+        self.tau = temperatures(dims.depth) if temperature else None  # [L]
 
-    # -- attention temperature -------------------------------------------------------------------
-    def attention_scales(self) -> list[torch.Tensor | None] | None:
-        if self.tau is None:
-            return None
-        if torch.compiler.is_compiling():  # torch.export cannot mutate a parameter: the same values
-            tau = self.tau.clamp(TAU_MIN, TAU_MAX)
-        else:
-            self.project_tau()
-            tau = self.tau
-        return list((1.0 / tau).unbind(0))
+    def attention_scales(self) -> list[torch.Tensor] | None:
+        return parts.attention_scales(self.tau)
 
-    @torch.no_grad()
-    def project_tau(self) -> None:
-        """Clamp tau into [TAU_MIN, TAU_MAX] in place before each forward, as GaPT does (`reinit_temp`,
-        src/models/vit_prompt/vit_mae.py:106-108 and 133-135; vit_moco.py:108-110 and 135-137).
-        A projection, not a clamp in the graph: a tau the optimizer pushed past a bound is put back
-        on it and still gets gradient, so it can come back (a clamp in the graph would stop it)."""
-        self.tau.clamp_(TAU_MIN, TAU_MAX)
-
-    # -- prompt flow -----------------------------------------------------------------------------
     def start(self, x: torch.Tensor) -> dict[str, Any]:
         return {"gates": torch.sigmoid(self.gate_logits).to(x.dtype)} if self.num_prompts else {}
 
     def before_block(self, index: int, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         if index == 0 and self.num_prompts:
-            prompts = self.batch_prompts(x)
+            prompts = self.prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+            prompts = drop_prompts(prompts, self.dropout, self.training)
             state["prompts"] = prompts  # block l's prompt inputs, for the gate after block l
             return self.insert_prompts(x, prompts)
         return x
@@ -100,14 +120,6 @@ class GaPT(VPTShallow):
     def after_block(self, index: int, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         if not self.num_prompts or index >= self.dims.depth - 1:
             return x
-        # Z = g * out + (1 - g) * in, written as in + g * (out - in): autograd then keeps only the
-        # small difference, not a view that would pin the whole [B, T, D] block output in memory.
-        previous = state["prompts"]
-        gated = previous + state["gates"][index] * (self.prompt_tokens(x) - previous)
-        prompts = self.code_prompts(index, gated, x, state)
+        prompts = gate(state["prompts"], self.prompt_tokens(x), state["gates"][index])  # Z_P^l
         state["prompts"] = prompts
         return self.replace_prompts(x, prompts)
-
-    def code_prompts(self, index: int, gated: torch.Tensor, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
-        """The next block's prompt inputs from the gated prompts (GaPT: the gated prompts as is)."""
-        return gated

@@ -14,9 +14,27 @@ from lspt_cli.backbone import BackboneDims
 from lspt_cli.errors import ConfigError
 from lspt_cli.prompted import PromptStrategy
 
+__all__ = ["LinearProbe"]
+
+# What this file registers (see vpt.py and plugins/strategies/__init__.py): plain data, read
+# without importing this file.
+STRATEGIES = (
+    {
+        "name": "linear",
+        "class": "LinearProbe",
+        "description": "Linear probe: no prompts, a head on the frozen feature.",
+        "defaults": {},
+        "paper": "baseline (Jia et al., Visual Prompt Tuning, ECCV 2022 (arXiv:2203.12119), 'Linear')",
+    },
+)
+
 
 class LinearProbe(PromptStrategy):
-    """No prompts and no parameters; the base class's pass-through hooks do all the work."""
+    """No prompts and no parameters; the base class's pass-through hooks do all the work.
+
+    Args:
+        dims: the backbone's shapes. There are no options.
+    """
 
     def __init__(self, dims: BackboneDims, **config: Any):
         if config:

@@ -1,8 +1,10 @@
 """LSPT: long-term spatial prompt tuning (Mo et al., "LSPT: Long-term Spatial Prompt Tuning for
 Visual Representation Learning", 2024, arXiv:2402.17406).
 
-LSPT keeps GaPT's gated prompts (see gapt.py: Np prompts inserted once, per-block gates, optional
-attention temperature) and adds two codings of the prompts between blocks.
+LSPT keeps GaPT's gated prompts (Np prompts inserted once, per-block gates, optional attention
+temperature; gapt.py) and adds two codings of the prompts between blocks. This file is the whole
+of it: the class builds GaPT's tensors itself from the pieces in parts.py (VPT's prompt init and
+dropout, GaPT's gate and temperature) and runs its own forward; it inherits from no other strategy.
 
 The paper's exact equations were not available to lspt, and no official code is published: the
 paper states the ideas (a global spatial coding and a long-term LSTM memory of the prompts) but not
@@ -48,13 +50,61 @@ import torch
 from torch import nn
 
 from lspt_cli.backbone import BackboneDims
+from lspt_cli.prompted import PromptStrategy
 
-from .gapt import GaPT
-from .vpt import check_choice, check_int
+from . import parts
+from .parts import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_number,
+    drop_prompts,
+    gate,
+    gate_logits,
+    temperatures,
+    vpt_prompts,
+)
+
+__all__ = ["LSPT"]
+
+# What this file registers (see vpt.py and plugins/strategies/__init__.py): plain data, read
+# without importing this file.
+STRATEGIES = (
+    {
+        "name": "lspt",
+        "class": "LSPT",
+        "description": "LSPT: GaPT + spatial coding + shared-LSTM prompt memory.",
+        "defaults": {
+            "num_prompts": 100,
+            "gate_init": 5.0,
+            "temperature": True,
+            "dropout": 0.0,
+            "spatial": "mean",
+            "memory": "lstm",
+            "lstm_dim": 64,
+        },
+        "paper": (
+            "Mo et al., LSPT: Long-term Spatial Prompt Tuning for Visual Representation Learning, "
+            "2024 (arXiv:2402.17406)"
+        ),
+    },
+)
 
 
-class LSPT(GaPT):
-    """GaPT + global spatial prompt coding + a shared-LSTM long-term prompt memory."""
+class LSPT(PromptStrategy):
+    """GaPT's gated prompts + global spatial prompt coding + a shared-LSTM long-term prompt memory.
+
+    Args:
+        dims: the backbone's shapes.
+        num_prompts: Np, the prompt tokens inserted before block 1 (an integer >= 0).
+        gate_init: gamma_l starts at -gate_init (a finite number; large = gates almost closed).
+        temperature: learn a per-block attention temperature tau_l (true/false).
+        dropout: prompt dropout at insertion, in [0, 1).
+        spatial: "mean" adds the mean patch token of block l to every prompt (GSPC); "none" does not.
+        memory: "lstm" runs the shared LSTM memory over the blocks (LPC); "none" has no memory.
+        lstm_dim: r, the LSTM's width between W_in (D -> r) and W_out (r -> D) (an integer >= 1).
+    """
 
     strategy_name = "lspt"
 
@@ -69,25 +119,54 @@ class LSPT(GaPT):
         memory: str = "lstm",
         lstm_dim: int = 64,
     ):
-        super().__init__(dims, num_prompts=num_prompts, gate_init=gate_init, temperature=temperature, dropout=dropout)
         name = self.strategy_name
-        self.spatial = check_choice(name, "spatial", spatial, ("mean", "none"))
-        self.memory = check_choice(name, "memory", memory, ("lstm", "none"))
-        self.lstm_dim = check_int(name, "lstm_dim", lstm_dim, 1)
-        self._config.update(spatial=spatial, memory=memory, lstm_dim=lstm_dim)
-        if self.memory == "lstm":
-            self.memory_in = nn.Linear(dims.embed_dim, self.lstm_dim, bias=False)
-            self.lstm = nn.LSTMCell(self.lstm_dim, self.lstm_dim)
-            self.memory_out = nn.Linear(self.lstm_dim, dims.embed_dim, bias=False)
+        num_prompts = check_int(name, "num_prompts", num_prompts, 0)
+        dropout = check_float(name, "dropout", dropout, 0.0, 1.0, high_open=True)
+        gate_init = check_number(name, "gate_init", gate_init)
+        temperature = check_bool(name, "temperature", temperature)
+        check_int(name, "depth", dims.depth, 1)
+        spatial = check_choice(name, "spatial", spatial, ("mean", "none"))
+        memory = check_choice(name, "memory", memory, ("lstm", "none"))
+        r = check_int(name, "lstm_dim", lstm_dim, 1)
+        super().__init__(dims, num_prompts=num_prompts, dropout=dropout, gate_init=gate_init, temperature=temperature,
+                         spatial=spatial, memory=memory, lstm_dim=lstm_dim)
+        self.num_prompts = num_prompts
+        self.spatial, self.memory, self.lstm_dim = spatial, memory, r
+        # GaPT's tensors, in GaPT's order (a seed gives both the same prompts)
+        self.dropout = nn.Dropout(dropout)
+        self.prompts = vpt_prompts(dims, num_prompts)  # [Np, D]
+        self.gate_logits = gate_logits(dims.depth, gate_init)  # [L - 1]
+        self.tau = temperatures(dims.depth) if temperature else None  # [L]
+        if self.memory == "lstm":  # W_in, the shared LSTM cell, W_out (zero: an untrained LSPT is GaPT + GSPC)
+            self.memory_in = nn.Linear(dims.embed_dim, r, bias=False)
+            self.lstm = nn.LSTMCell(r, r)
+            self.memory_out = nn.Linear(r, dims.embed_dim, bias=False)
             nn.init.zeros_(self.memory_out.weight)
 
-    def code_prompts(self, index: int, gated: torch.Tensor, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
-        coded = gated
-        if self.spatial == "mean":  # GSPC: + the mean patch output of this block, for every prompt
-            coded = gated + self.patch_tokens(x).mean(dim=1, keepdim=True)
+    def attention_scales(self) -> list[torch.Tensor] | None:
+        return parts.attention_scales(self.tau)
+
+    def start(self, x: torch.Tensor) -> dict[str, Any]:
+        return {"gates": torch.sigmoid(self.gate_logits).to(x.dtype)} if self.num_prompts else {}
+
+    def before_block(self, index: int, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        if index == 0 and self.num_prompts:
+            prompts = self.prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+            prompts = drop_prompts(prompts, self.dropout, self.training)
+            state["prompts"] = prompts  # block l's prompt inputs, for the gate after block l
+            return self.insert_prompts(x, prompts)
+        return x
+
+    def after_block(self, index: int, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        if not self.num_prompts or index >= self.dims.depth - 1:
+            return x
+        coded = gate(state["prompts"], self.prompt_tokens(x), state["gates"][index])  # G^l (GaPT)
+        if self.spatial == "mean":  # GSPC: S^l = G^l + the mean patch output of this block, for every prompt
+            coded = coded + self.patch_tokens(x).mean(dim=1, keepdim=True)
         if self.memory == "lstm":  # LPC: one LSTM step per block, all B * Np prompt tokens at once
             b, p, d = coded.shape
             h, c = self.lstm(self.memory_in(coded).reshape(b * p, self.lstm_dim), state.get("memory"))
             state["memory"] = (h, c)
-            coded = coded + self.memory_out(h).reshape(b, p, d)
-        return coded
+            coded = coded + self.memory_out(h).reshape(b, p, d)  # S^l + W_out h^l
+        state["prompts"] = coded  # block l+1's prompt inputs
+        return self.replace_prompts(x, coded)
