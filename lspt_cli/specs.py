@@ -126,21 +126,86 @@ class LoggerSpec:
 
 
 @dataclass(frozen=True)
+class ExecutorOption:
+    """One `--executor-opt KEY=VALUE` of an executor: its help and what a value must be.
+
+    `kind` is "str", "int", "float" or "bool"; numbers must be finite and within `minimum`/`maximum`
+    (inclusive; `above` makes the minimum exclusive: "> 0"); `choices` lists the allowed strings.
+    `default` is only shown (`lspt list executors`); the factory still receives the value as typed.
+    """
+
+    help: str
+    kind: str = "str"
+    minimum: float | None = None
+    maximum: float | None = None
+    above: bool = False
+    choices: tuple[str, ...] = ()
+    default: str = ""
+
+    def rule(self) -> str:
+        """What a value must be, in words: "a number > 0 and <= 4096", "one of slurm, local"."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        what = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(self.kind, "a string")
+        bounds = []
+        if self.minimum is not None:
+            bounds.append(f"{'>' if self.above else '>='} {self.minimum:g}")
+        if self.maximum is not None:
+            bounds.append(f"<= {self.maximum:g}")
+        return " ".join([what, " and ".join(bounds)]).strip()
+
+    def parse(self, text: str) -> Any:
+        """The value of `text`; ValueError saying what it must be otherwise."""
+        import math
+
+        text = str(text).strip()
+        if self.choices:
+            if text not in self.choices:
+                raise ValueError(f"must be {self.rule()}")
+            return text
+        if self.kind == "bool":
+            lowered = text.lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"must be {self.rule()}")
+            return lowered in ("1", "true", "yes", "on")
+        if self.kind in ("int", "float"):
+            try:
+                value = int(text) if self.kind == "int" else float(text)
+            except ValueError:
+                value = None
+            if value is None or not math.isfinite(value) or (
+                self.minimum is not None and (value <= self.minimum if self.above else value < self.minimum)
+            ) or (self.maximum is not None and value > self.maximum):
+                raise ValueError(f"must be {self.rule()}")
+            return value
+        if not text:
+            raise ValueError("must not be empty")
+        return text
+
+
+@dataclass(frozen=True)
 class ExecutorSpec:
     """Where `lspt sweep --executor NAME` runs its trials (docs/cluster.md).
 
     `factory(options, *, workers, sweep_dir, host) -> executor` whose `run(trials)` yields
     `(trial, outcome, summary, error)` as trials end and `close()` frees the engine
-    (lspt_cli/sweep/executors.py). `options` maps each `--executor-opt` key to its help; `requires`
-    and `extra` as for loggers: a missing module is one `Error:` before any trial.
+    (lspt_cli/sweep/executors.py). `options` maps each `--executor-opt` key to an ExecutorOption
+    (or to a line of help: any non-empty string); every value is checked against it before the sweep
+    starts, and the factory receives the values as typed. `requires` and `extra` as for loggers: a
+    missing module is one `Error:` before any trial.
     """
 
     name: str
     description: str
     factory: Factory
-    options: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Union[str, ExecutorOption]] = field(default_factory=dict)
     requires: tuple[str, ...] = ()
     extra: str = ""
+
+    def option(self, key: str) -> ExecutorOption:
+        """The declaration of option `key` (a bare help string declares a free-form string)."""
+        declared = self.options[key]
+        return declared if isinstance(declared, ExecutorOption) else ExecutorOption(help=str(declared))
 
 
 KIND_OF_SPEC = {

@@ -49,8 +49,8 @@ def rows_for(kind: str, pattern: str | None = None) -> list[dict]:
             from ..plugins import requirements_installed
 
             row.update(extra=spec.extra, installed=requirements_installed(spec))
-            if kind == "executors":
-                row["options"] = dict(spec.options)
+            if kind == "executors":  # each option's help, type, bounds or choices, default
+                row["options"] = {key: _option_row(spec.option(key)) for key in spec.options}
         rows.append(row)
     return rows
 
@@ -89,12 +89,25 @@ def register(app: typer.Typer) -> None:
                 needs = f"lspt[{row['extra']}]" if row["extra"] else "-"
                 cells.append(safe(needs + ("" if row["installed"] else " (not installed)")))
             if kind == Kind.executors:
-                cells.append(safe(", ".join(row["options"]) or "-"))
+                cells.append("\n".join(safe(_option_text(k, o)) for k, o in row["options"].items()) or "-")
             if kind == Kind.strategies:
                 cells.append(f"{row['params_vitb16']:,}" if row["params_vitb16"] is not None else "?")
                 cells.append(safe(", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in row["defaults"].items()) or "-"))
             table.add_row(*cells)
         out.print(table)
+
+
+def _option_row(option) -> dict:
+    """An executor option as --json shows it: help, type, bounds or choices, default, and the rule in words."""
+    return {"help": option.help, "type": option.kind, "minimum": option.minimum, "maximum": option.maximum,
+            "exclusive_minimum": option.above, "choices": list(option.choices) or None,
+            "default": option.default or None, "rule": option.rule()}
+
+
+def _option_text(key: str, option: dict) -> str:
+    """"num_cpus: a number > 0 and <= 4096 (default 1): CPUs per trial; ..." """
+    default = f" (default {option['default']})" if option["default"] else ""
+    return f"{key}: {option['rule']}{default}: {option['help']}"
 
 
 def _input_text(row: dict) -> str:

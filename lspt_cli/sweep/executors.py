@@ -282,6 +282,12 @@ def check_executor(name: str, options: dict[str, str], host):
     if unknown:
         raise UsageError(f"unknown --executor-opt '{unknown[0]}' for executor '{name}'; allowed: "
                          f"{', '.join(sorted(spec.options)) or '(none)'}", hint="see lspt list executors")
+    for key, value in options.items():  # every value against its declaration: nan, -1, "abc" never reach an engine
+        try:
+            spec.option(key).parse(value)
+        except ValueError as exc:
+            raise UsageError(f"--executor-opt {key}={value}: {exc} (executor '{name}')",
+                             hint=f"{key}: {spec.option(key).help}; see lspt list executors") from None
     check_requirements(spec, f"--executor {name}", import_it=False)  # importing ray takes seconds: looked up only
     return spec
 

@@ -85,3 +85,81 @@ def test_the_env_is_restored_when_the_trial_raises(tmp_path, monkeypatch, tally)
         executors._tune_here(["python", "-m", "lspt_cli", "tune"], {"LSPT_TRIAL_MARK": "x"})
     assert dict(os.environ) == before
     tally.fault("a trial that crashes inside the worker leaves the worker's env as it was")
+
+
+# -- executor options: declared (type, bounds, help) by each executor, checked before anything starts --
+SWEEP = ["sweep", "--backbone", "vit-tiny", "--strategy", "linear", "--task", "digits", "--grid", "lr=0.1",
+         "--epochs", "1"]
+BAD_OPTIONS = [
+    ("ray", "num_cpus", "nan"), ("ray", "num_cpus", "inf"), ("ray", "num_cpus", "0"), ("ray", "num_cpus", "-1"),
+    ("ray", "num_cpus", "1e9"), ("ray", "num_gpus", "nan"), ("ray", "num_gpus", "-0.5"), ("ray", "max_retries", "1.5"),
+    ("ray", "max_retries", "-1"), ("ray", "connect_timeout", "0"), ("ray", "num_gpus", "65"),
+    ("slurm", "cpus", "0"), ("slurm", "gpus", "nan"), ("slurm", "time", "0"), ("slurm", "mem", "-1"),
+    ("slurm", "mem", "NaN"), ("slurm", "max_requeue", "x"), ("slurm", "cluster", "kubernetes"),
+    ("slurm", "connect_timeout", "-inf"),
+]
+
+
+@pytest.mark.parametrize("executor,key,value", BAD_OPTIONS)
+def test_a_bad_executor_option_is_a_usage_error_naming_it_before_anything_starts(cli, tmp_path, executor, key,
+                                                                                  value, tally):
+    out = tmp_path / "sweep"
+    result = cli(*SWEEP, "--executor", executor, "--executor-opt", f"{key}={value}", "--out", str(out))
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"--executor-opt {key}={value}" in errors[0] and "must be" in errors[0], result.stderr
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert not out.exists()  # refused before the sweep dir is touched (and before any engine starts)
+    tally.bad_input(f"--executor {executor} --executor-opt {key}=<bad value>")
+
+
+def test_good_executor_options_pass_and_reach_the_factory_as_typed(tally):
+    from lspt_cli.plugins import get_host
+    from lspt_cli.sweep.executors import check_executor
+
+    host = get_host()
+    for name, options in [("ray", {"num_cpus": "0.5", "num_gpus": "0", "max_retries": "0", "connect_timeout": "2.5",
+                                   "address": "auto"}),
+                          ("slurm", {"cluster": "local", "cpus": "2", "mem": "0.5", "time": "1", "partition": "gpu"})]:
+        assert check_executor(name, dict(options), host).name == name
+    tally.bad_input("valid executor options in range are accepted as typed (no false refusal)")
+
+
+def test_a_plugin_executor_declares_its_own_option_rules(cli, tmp_path, tally):
+    from lspt_cli import ExecutorSpec, hookimpl
+    from lspt_cli.specs import ExecutorOption
+    from lspt_cli.testing import register_plugin
+
+    class Plugin:
+        @hookimpl
+        def lspt_register_executors(self, register):
+            register(ExecutorSpec(name="pool", description="a test pool", factory=lambda *a, **k: None, options={
+                "slots": ExecutorOption("parallel slots", "int", 1, 8, default="1"),
+                "mode": ExecutorOption("how", choices=("fast", "safe")),
+                "label": "free text"}))
+
+    with register_plugin(Plugin(), "pool-executor"):
+        for opt, needle in [("slots=9", "an integer >= 1 and <= 8"), ("slots=nan", "an integer"),
+                            ("mode=quick", "one of fast, safe"), ("slots=0", ">= 1")]:
+            result = cli(*SWEEP, "--executor", "pool", "--executor-opt", opt, "--out", str(tmp_path / "s"))
+            assert result.exit_code == 2 and needle in result.stderr and opt.split("=")[0] in result.stderr, result.output
+        rows = {row["name"]: row for row in __import__("json").loads(cli("list", "executors", "--json").output)}
+    slots = rows["pool"]["options"]["slots"]
+    assert slots["type"] == "int" and slots["minimum"] == 1 and slots["maximum"] == 8 and slots["help"] == "parallel slots"
+    assert rows["pool"]["options"]["mode"]["choices"] == ["fast", "safe"]
+    assert rows["pool"]["options"]["label"]["type"] == "str"  # a bare help string: a free-form option
+    assert not (tmp_path / "s").exists()
+    tally.bad_input("a plugin executor's declared option rules (bounds, choices) refuse bad values (and a bare help string declares a free-form one)")
+
+
+def test_list_executors_shows_every_builtin_option_with_its_rule(cli, tally):
+    import json
+
+    rows = {row["name"]: row for row in json.loads(cli("list", "executors", "--json").output)}
+    for name in ("ray", "slurm"):
+        for key, option in rows[name]["options"].items():
+            assert option["help"] and option["rule"] and option["type"] in ("str", "int", "float", "bool"), (name, key)
+    assert rows["ray"]["options"]["num_cpus"]["exclusive_minimum"] is True
+    table = cli("list", "executors", "ray").output
+    assert "num_cpus: a number > 0" in " ".join(table.split())
+    tally.bad_input("lspt list executors shows each option's type and bounds")
