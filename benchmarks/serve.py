@@ -7,7 +7,7 @@
 For every task count N it starts a real server (a subprocess on a free loopback port) serving N
 bundles (random prompts and heads on a registered backbone: vit-tiny by default; mae-vitb without
 --weights gets random ViT-B/16 weights, which run exactly as fast as MAE's) and runs --clients
-closed-loop HTTP clients (one keep-alive connection each, one 32x32 PNG per request, tasks in
+closed-loop HTTP clients (one keep-alive connection each, one --image-size PNG per request, tasks in
 round robin) for --seconds, in three set-ups:
 
   batched     one server, cross-task batching on (--max-batch 32 --max-wait-ms 5)
@@ -15,9 +15,10 @@ round robin) for --seconds, in three set-ups:
   per-task    one server process per task, each with batching off: what "one `lspt predict`-style
               process per task, the model kept loaded" costs (only for N in --process-tasks)
 
-Reported per run: images/s, client-side latency p50/p99 (ms), the batches the server formed
-(mean/max images, mean tasks per batch, from /metrics), and resident memory (RSS, summed over the
-processes). Ratios: throughput of N tasks vs 1 task (batched), batched vs unbatched vs per-task,
+Reported per run: images/s and client-side latency p50/p99 (ms) of the requests answered inside
+the window, the batches the server formed (mean/max images, mean tasks per batch, from /metrics),
+and resident memory (RSS, summed over the processes) once loaded (`rss_idle_mb`) and after the load.
+Ratios: throughput of N tasks vs 1 task (batched), batched vs unbatched vs per-task,
 and the RSS each extra task adds. Clients and servers share this machine's CPUs: compare figures
 of one run with each other, not across machines.
 """
@@ -95,7 +96,7 @@ class Server:
     def __init__(self, bundles: list[Path], home: Path, threads: int, extra: list[str]):
         self.port = free_port()
         env = {**os.environ, "LSPT_HOME": str(home), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "lspt_cli", "serve", *map(str, bundles), "--port", str(self.port), "--device", "cpu",
              "--threads", str(threads), "--max-queue", "100000", *extra],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -113,6 +114,7 @@ class Server:
                 if time.time() > deadline:
                     raise SystemExit("server did not start")
                 time.sleep(0.2)
+        self.rss_idle_mb = self.rss_mb()  # backbone + bundles loaded, before any request
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -172,7 +174,7 @@ def load(routes: list[tuple[int, bytes]], clients: int, seconds: float, warmup: 
             t1 = time.perf_counter()
             if not ok:
                 errors[0] += 1
-            elif t0 >= start_at and t1 <= stop_at:
+            elif start_at <= t1 <= stop_at:  # answered inside the window (slow models: started before it)
                 mine.append(t1 - t0)
         with lock:
             latencies.extend(mine)
@@ -229,6 +231,7 @@ def measure(servers: list[Server], routes_by_task: list[tuple[int, int]], client
             result["mean_batch_tasks"] = round(sum(s["mean_batch_tasks"] * s["batches"] for s in stats) / batches, 2)
             result["max_batch_images_le"] = max(s["max_batch_images_le"] for s in stats if s)
         result["rss_mb"] = round(sum(s.rss_mb() for s in servers), 1)
+        result["rss_idle_mb"] = round(sum(s.rss_idle_mb for s in servers), 1)
         result["processes"] = len(servers)
     finally:
         for s in servers:
@@ -280,7 +283,8 @@ def main() -> None:
     if (lo, "batched") in by and (hi, "batched") in by:
         ratios[f"batched_{hi}_vs_{lo}_tasks_throughput"] = round(by[(hi, "batched")]["images_per_s"] / by[(lo, "batched")]["images_per_s"], 3)
         if hi > lo:
-            ratios["rss_mb_per_extra_task"] = round((by[(hi, "batched")]["rss_mb"] - by[(lo, "batched")]["rss_mb"]) / (hi - lo), 2)
+            ratios["idle_rss_mb_per_extra_task"] = round(
+                (by[(hi, "batched")]["rss_idle_mb"] - by[(lo, "batched")]["rss_idle_mb"]) / (hi - lo), 2)
     for n in tasks:
         if (n, "unbatched") in by:
             ratios[f"batched_vs_unbatched_{n}_tasks"] = round(by[(n, "batched")]["images_per_s"] / by[(n, "unbatched")]["images_per_s"], 3)

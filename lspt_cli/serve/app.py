@@ -156,7 +156,7 @@ def create_app(registry: Registry, batcher: Batcher, metrics: Metrics, limits: L
             raw = []
             for i, text in enumerate(images):
                 try:
-                    raw.append(base64.b64decode(text, validate=True))
+                    raw.append(base64.b64decode("".join(text.split()), validate=True))  # line-wrapped base64 is fine
                 except (binascii.Error, ValueError):
                     raise ApiError(400, f"image {i} is not valid base64") from None
         else:
