@@ -275,7 +275,8 @@ def wrap(timm_model: nn.Module, strategy: str = "vpt-deep", num_classes: int | N
     there); without it the bundle records "timm:<architecture>" and loads only through
     `lspt.load(bundle, backbone=this_model)`. `weights`: the weights file this ViT was loaded from,
     recorded in the bundle. `readout`: "cls", "mean-norm" or "mean-ln" (default: the registered
-    backbone's, else "cls" for token-pooled ViTs and "mean-norm" for average-pooled ones).
+    backbone's, else "cls" for a token-pooled ViT; an average-pooled ViT with its own `fc_norm` must
+    choose one, since none of them applies timm's fc_norm).
     """
     from .plugins import get_host
 
@@ -296,6 +297,12 @@ def wrap(timm_model: nn.Module, strategy: str = "vpt-deep", num_classes: int | N
         arch = (getattr(timm_model, "pretrained_cfg", None) or {}).get("architecture") or type(timm_model).__name__
         name = f"timm:{arch}"
     if readout is None:
+        fc_norm = getattr(timm_model, "fc_norm", None)
+        if getattr(timm_model, "global_pool", "token") != "token" and fc_norm is not None and not isinstance(fc_norm, nn.Identity):
+            raise UsageError(
+                f"this ViT pools with global_pool={timm_model.global_pool!r} through its own fc_norm, which lspt's readouts "
+                "do not apply; pass readout='mean-norm' (mean of tokens, then `norm`), 'mean-ln' or 'cls' to choose knowingly"
+            )
         readout = "cls" if getattr(timm_model, "global_pool", "token") == "token" else "mean-norm"
     if getattr(timm_model, "num_classes", 0) and hasattr(timm_model, "reset_classifier"):
         timm_model.reset_classifier(0)

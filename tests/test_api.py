@@ -165,6 +165,25 @@ def test_a_wrapped_model_without_a_registered_name_loads_onto_its_own_vit(tmp_pa
         lspt.load(path)
 
 
+def test_wrap_handles_register_tokens_and_average_pooled_vits(tmp_path):
+    """Prompts go after every prefix token (CLS + registers); an avg-pooled ViT reads out the mean."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, reg_tokens=2, num_classes=5)
+    net = lspt.wrap(vit, "lspt", num_classes=3, classes=["a", "b", "c"], num_prompts=2, lstm_dim=4)
+    assert net.backbone.dims.num_prefix_tokens == 3 and net.model.readout == "cls" and vit.num_classes == 0
+    x = torch.randn(2, 3, 32, 32)
+    assert net(x).shape == (2, 3)
+    again = lspt.load(net.save(tmp_path / "reg.safetensors"), backbone=net)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net.eval()(x))
+    pooled = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, global_pool="avg", num_classes=0)
+    with pytest.raises(lspt.UsageError, match="fc_norm"):  # none of lspt's readouts applies timm's fc_norm
+        lspt.wrap(pooled, "linear", num_classes=2)
+    assert lspt.wrap(pooled, "linear", num_classes=2, readout="mean-ln").model.readout == "mean-ln"
+
+
 @pytest.mark.slow
 def test_wrap_trains_in_a_plain_loop_and_lspt_eval_gives_the_same_accuracy(cli, tmp_path):
     """A user's loop: their data loader, their optimizer, a few steps; the saved bundle evaluates
