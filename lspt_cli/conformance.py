@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import LsptError, UsageError
+from .messages import one_line
 
 STEPS = 5  # optimizer steps in which every trainable tensor must get a non-zero gradient
 BATCH = 4
@@ -125,33 +127,46 @@ def check_kinds(name: str, host=None) -> list[str]:
     from .plugins import get_host
 
     host = host or get_host()
-    return [kind for kind in ("strategy", "backbone", "dataset", "recipe") if name in host.registry(kind)]
+    return [kind for kind in KINDS if name in host.registry(kind)]
+
+
+KINDS = ("strategy", "backbone", "dataset", "recipe", "logger", "executor")  # every kind a plugin can register
 
 
 def run_check(name: str, kind: str | None = None, *, host=None, root: str | Path | None = None,
-              weights: str | Path | None = None, backbone: str = "vit-tiny") -> CheckReport:
+              weights: str | Path | None = None, backbone: str = "vit-tiny",
+              options: dict[str, str] | None = None) -> CheckReport:
     """Run every conformance check of the registered component `name` (its kind found if not given).
 
     Strategies and datasets are exercised on `backbone` (default vit-tiny, random init, no download);
-    `root` is the data folder of a dataset that needs one; `weights` a backbone's weights file.
-    Nothing is written outside a temporary directory.
+    `root` is the data folder of a dataset that needs one; `weights` a backbone's weights file;
+    `options` a logger's or an executor's options (`--log-opt`, `--executor-opt`). Nothing is written
+    outside a temporary directory (loggers and executors run with their data dir there).
     """
     from .plugins import get_host
 
     host = host or get_host()
     kinds = [kind] if kind else check_kinds(name, host)
     if not kinds:
-        close = [n for k in ("strategy", "backbone", "dataset", "recipe") for n in host.registry(k).names() if _close(name, n)]
-        raise UsageError(f"nothing named '{name}' is registered (no strategy, backbone, dataset or recipe)",
+        close = [n for k in KINDS for n in host.registry(k).names() if _close(name, n)]
+        raise UsageError(f"nothing named '{name}' is registered (no {', '.join(KINDS[:-1])} or {KINDS[-1]})",
                          hint=f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see `lspt plugins`")
     kind = kinds[0]
+    if kind not in KINDS:
+        raise UsageError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     host.registry(kind).get(name)  # unknown name for an explicit kind: the usual UsageError
     report = CheckReport(name=name, kind=kind)
     import torch
 
-    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory(prefix="lspt-check-") as tmp:
-        {"strategy": _strategy_checks, "backbone": _backbone_checks, "dataset": _dataset_checks,
-         "recipe": _recipe_checks}[kind](_Checks(report), name, host, Path(tmp), root=root, weights=weights, backbone=backbone)
+    threads = torch.get_num_threads()  # an in-process trial sets its own
+    try:
+        with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory(prefix="lspt-check-") as tmp:
+            {"strategy": _strategy_checks, "backbone": _backbone_checks, "dataset": _dataset_checks,
+             "recipe": _recipe_checks, "logger": _logger_checks, "executor": _executor_checks,
+             }[kind](_Checks(report), name, host, Path(tmp), root=root, weights=weights, backbone=backbone,
+                     options=dict(options or {}))
+    finally:
+        torch.set_num_threads(threads)
     return report
 
 
@@ -189,6 +204,59 @@ def _train_steps(model, images, labels, steps: int, watch=None) -> list[float]:
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+RESUME_STEPS = 2  # steps before and after the checkpoint
+
+
+def _resume_check(model, images, labels) -> str:
+    """Train 2 + 2 steps uninterrupted; train 2 steps, checkpoint (trainable state_dict + optimizer),
+    rebuild a fresh instance (another init seed, so nothing survives but the checkpoint), load, train
+    2 more steps: the tensors and losses must be identical. State kept in a Python attribute (an
+    "initialised" flag, a step counter) makes them differ."""
+    import copy
+
+    import torch
+
+    def optimizer_of(m):
+        return torch.optim.SGD(m.trainable_parameters(), lr=0.1, momentum=0.9)
+
+    def steps(m, optimizer, seed):
+        import torch.nn.functional as F
+
+        torch.manual_seed(seed)  # dropout of the continued steps: the same draws in both runs
+        m.train()
+        losses = []
+        for _ in range(RESUME_STEPS):
+            loss = F.cross_entropy(m(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return losses
+
+    whole = model(seed=0)
+    opt = optimizer_of(whole)
+    steps(whole, opt, 100)
+    after = steps(whole, opt, 200)
+
+    first = model(seed=0)
+    opt = optimizer_of(first)
+    steps(first, opt, 100)
+    tensors = {k: v.detach().clone() for k, v in first.trainable_state_dict().items()}
+    optimizer_state = copy.deepcopy(opt.state_dict())
+    del first
+    resumed = model(seed=1)
+    resumed.load_trainable_state_dict(tensors)
+    opt = optimizer_of(resumed)
+    opt.load_state_dict(optimizer_state)
+    again = steps(resumed, opt, 200)
+    a, b = whole.trainable_state_dict(), resumed.trainable_state_dict()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    if different or after != again:
+        raise _Fail(f"a run resumed from its checkpoint differs from the uninterrupted run after {2 * RESUME_STEPS} "
+                    f"steps ({', '.join(different) or 'losses'}): state outside state_dict()")
+    return f"{RESUME_STEPS} + {RESUME_STEPS} steps, resumed in a fresh instance: identical tensors"
 
 
 def _strategy_checks(checks: _Checks, name: str, host, tmp: Path, *, backbone: str, **_) -> None:
@@ -288,13 +356,20 @@ def _strategy_checks(checks: _Checks, name: str, host, tmp: Path, *, backbone: s
     checks.run("bundle round-trip", round_trip,
                "config() must return every constructor option, and state_dict() hold every learned tensor")
 
+    def resume():
+        return _resume_check(model, images, labels)
+
+    checks.run("resume", resume, "keep every piece of state that changes training in nn.Parameters or buffers "
+               "(state_dict), never in Python attributes: a resumed run rebuilds the strategy and loads state_dict")
+
     def bad_option():
+        problems = []
         try:
             build_strategy(name, dims, {"no_such_option": 1}, host=host)
         except LsptError:
             pass
         else:
-            raise _Fail("an unknown option was accepted", "list every option in StrategySpec.defaults")
+            problems.append("an unknown option was accepted (list every option in StrategySpec.defaults)")
         tried = []
         for key, default in spec.defaults.items():
             if not isinstance(default, (bool, int, float)):
@@ -306,10 +381,12 @@ def _strategy_checks(checks: _Checks, name: str, host, tmp: Path, *, backbone: s
             except LsptError:
                 continue
             except Exception as exc:
-                raise _Fail(f"--set {key}=abc raised {type(exc).__name__} ({exc}): a traceback for users",
-                            f"check '{key}' in the constructor and raise lspt_cli.ConfigError") from None
-            raise _Fail(f"--set {key}=abc was accepted without an error",
-                        f"check the type of '{key}' in the constructor and raise lspt_cli.ConfigError")
+                problems.append(f"--set {key}=abc raised {type(exc).__name__} ({one_line(str(exc))[:200]}): a traceback for users")
+                continue
+            problems.append(f"--set {key}=abc was accepted without an error")
+        if problems:  # every bad option at once, not the first
+            raise _Fail(f"{len(problems)} problem(s): " + "; ".join(problems),
+                        "check each option's type in the constructor and raise lspt_cli.ConfigError")
         return "unknown option and " + (f"non-{'/'.join(sorted({type(spec.defaults[k]).__name__ for k in tried}))} "
                                         f"value of {', '.join(tried)}" if tried else "no typed options") + ": clean errors"
 
@@ -511,3 +588,192 @@ def _recipe_checks(checks: _Checks, name: str, host, tmp: Path, **_) -> None:
         return f"{options or 'defaults'} build on ViT-B/16 shapes"
 
     checks.run("strategy options", strategy_options, "every [strategy] key is an option of the strategy")
+
+
+# -- loggers and executors: a real tiny run, in a scratch data dir ---------------------------------
+@contextmanager
+def _scratch_data_dir(tmp: Path):
+    """The data dir (tasks, mlruns, ...) in `tmp` for the block, for this process and its children."""
+    import os
+
+    from . import paths
+
+    saved_flag = paths._flag_overrides.get("data")
+    saved_env = os.environ.get("LSPT_DATA_DIR")
+    data = tmp / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    paths.set_override("data", data)
+    os.environ["LSPT_DATA_DIR"] = str(data)
+    try:
+        yield data
+    finally:
+        paths.set_override("data", saved_flag)
+        if saved_env is None:
+            os.environ.pop("LSPT_DATA_DIR", None)
+        else:
+            os.environ["LSPT_DATA_DIR"] = saved_env
+
+
+TINY_RUN = {"epochs": 2, "warmup_epochs": 0, "batch_size": 64, "threads": 1, "num_workers": 0, "device": "cpu"}
+
+
+def _tiny_run(run_dir: Path, host, **train) -> dict:
+    """`lspt tune --backbone vit-tiny --task digits --strategy linear --epochs 2` in this process (~1 s
+    of training): the config, metrics and summary a logger or an executor meets in a real run."""
+    from .data.manifest import task_benchmark
+    from .engine.train import Trainer
+    from .recipes import resolve_config
+
+    config = resolve_config(backbone="vit-tiny", strategy="linear", task="digits", benchmark=task_benchmark("digits", host),
+                            registered_recipes=host.recipes, train_overrides={**TINY_RUN, **train})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(config, run_dir, host=host).run(resume=False)
+
+
+def _logger_checks(checks: _Checks, name: str, host, tmp: Path, *, options: dict, **_) -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    from .loggers import LOGGER_METHODS, RunLoggers, interface_problem, logger_options, signature_text
+    from .plugins import check_requirements, resolve_factory
+    from .schema import metrics_records
+
+    spec = host.loggers.get(name)
+    made: dict[str, Any] = {}
+    interface = ", ".join(signature_text(m) for m in LOGGER_METHODS)
+
+    def build():
+        try:
+            check_requirements(spec, f"logger '{name}'")
+        except LsptError as exc:
+            raise _Skip(f"{exc.message} ({exc.hint})" if exc.hint else exc.message) from None
+        made["options"] = logger_options(",".join(f"{name}.{k}={v}" for k, v in options.items()), [spec])[name]
+        logger = resolve_factory(spec.factory)(**made["options"])
+        problem = interface_problem(logger)
+        if problem:
+            raise _Fail(problem, f"a logger has {interface} (docs/plugins.md, Loggers)")
+        return f"{type(logger).__name__}: " + ", ".join(m for m in LOGGER_METHODS if hasattr(logger, m))
+
+    checks.run("interface", build, f"factory(**options) returns an object with {interface}", prerequisite=True)
+
+    def calls():
+        with _scratch_data_dir(tmp):
+            run_dir = tmp / "run"
+            summary = _tiny_run(run_dir, host)
+            config = json.loads((run_dir / "config.json").read_text())
+            records = metrics_records(run_dir / "metrics.jsonl")
+            seen: list[tuple] = []
+
+            def recording_factory(**kw):
+                real = resolve_factory(spec.factory)(**kw)
+
+                class Recorder:
+                    def start(self, run, config, state):
+                        seen.append(("start", json.dumps(state, sort_keys=True)))
+                        return real.start(run, config, state)
+
+                    def log_epoch(self, epoch, metrics):
+                        seen.append(("log_epoch", epoch))
+                        return real.log_epoch(epoch, metrics)
+
+                    def finish(self, summary, bundle):
+                        seen.append(("finish",))
+                        return real.finish(summary, bundle)
+
+                    def close(self):
+                        seen.append(("close",))
+                        if hasattr(real, "close"):
+                            real.close()
+
+                return Recorder()
+
+            recorded = dataclasses.replace(spec, factory=recording_factory)
+            warnings: list[str] = []
+            run = SimpleNamespace(dir=run_dir, name=run_dir.name, config=config)
+            first = RunLoggers(run, [recorded], resume=False, warn=warnings.append, options={name: made["options"]})
+            first.start(config)
+            first.log_epoch(records[0])
+            first.close()  # interrupted after epoch 1 (its metrics line 2 written, not yet logged)
+            kept = json.dumps(first.state.get(name, {}).get("state", {}), sort_keys=True)
+            second = RunLoggers(run, [recorded], resume=True, warn=warnings.append, options={name: made["options"]})
+            second.start(config)  # logs epoch 2 from metrics.jsonl
+            second.log_epoch(records[1])  # the trainer's own call for an epoch already logged: skipped
+            second.finish(summary)
+        if warnings:
+            raise _Fail(warnings[0].removeprefix("Warning: "), "every method must take the documented arguments and "
+                        "not raise on a tiny run; start's state must be JSON (it is kept in loggers.json)")
+        expected = [("start", "{}"), ("log_epoch", 1), ("close",), ("start", kept), ("log_epoch", 2), ("finish",)]
+        if seen != expected:
+            raise _Fail(f"calls {seen}, expected {expected}")
+        return "start, epoch 1, close, start (resumed with its own state), epoch 2, finish: no epoch twice"
+
+    checks.run("calls in order, resume", calls,
+               "start returns a dict (or None) that lets a resumed run continue; docs/plugins.md, Loggers")
+
+
+def _executor_checks(checks: _Checks, name: str, host, tmp: Path, *, options: dict, **_) -> None:
+    import torch
+
+    from .sweep import LocalExecutor, SweepSpec, build_grid_trials, check_executor, open_executor
+
+    made: dict[str, Any] = {}
+
+    def build():
+        try:
+            check_executor(name, options, host)
+        except LsptError as exc:
+            if "needs the Python package" in exc.message:
+                raise _Skip(f"{exc.message} ({exc.hint})") from None
+            raise
+        executor = open_executor(name, options, workers=2, sweep_dir=tmp / "checked", host=host)
+        missing = [m for m in ("run", "close") if not callable(getattr(executor, m, None))]
+        if missing:
+            raise _Fail(f"the executor has no {', '.join(m + '()' for m in missing)}")
+        made["executor"] = executor
+        return f"{type(executor).__name__} with {options or 'no options'}, 2 workers"
+
+    checks.run("build", build, "factory(options, *, workers, sweep_dir, host) returns an object with run(trials) "
+               "and close() (docs/plugins.md, Executors)", prerequisite=True)
+
+    def sweep(directory: Path, executor) -> dict[str, tuple]:
+        spec = SweepSpec(backbone="vit-tiny", strategy="linear", tasks=["digits"], seeds=[42], sweep_dir=directory,
+                         grid={"lr": [0.01, 0.05]}, train_overrides={**TINY_RUN, "epochs": 1})
+        trials = build_grid_trials(spec, host)["digits"]
+        results: dict[str, tuple] = {}
+        for item in executor.run(list(trials)):
+            trial, outcome, summary, error = item
+            if trial.name in results:
+                raise _Fail(f"trial {trial.name} was reported twice")
+            results[trial.name] = (outcome, summary, error, trial.run_dir)
+        missing = [t.name for t in trials if t.name not in results]
+        if missing:
+            raise _Fail(f"run(trials) never reported {', '.join(missing)}")
+        return results
+
+    def same_as_local():
+        from safetensors.torch import load_file
+
+        with _scratch_data_dir(tmp):
+            reference = sweep(tmp / "reference", LocalExecutor({}, workers=1, sweep_dir=tmp / "reference", host=host))
+            executor = made["executor"]
+            try:
+                got = sweep(tmp / "checked", executor)
+            finally:
+                executor.close()
+        problems = []
+        for trial, (outcome, summary, error, run_dir) in sorted(got.items()):
+            if outcome != "ran" or summary is None:
+                problems.append(f"{trial}: {outcome} ({one_line(str(error))[:300]})")
+                continue
+            ref = load_file(str(reference[trial][3] / "bundle.safetensors"))
+            mine = load_file(str(Path(run_dir) / "bundle.safetensors"))
+            if sorted(ref) != sorted(mine) or not all(torch.equal(ref[k], mine[k]) for k in ref):
+                problems.append(f"{trial}: its bundle differs from the local executor's")
+            elif summary.get("val_top1") != reference[trial][1].get("val_top1"):
+                problems.append(f"{trial}: val top-1 {summary.get('val_top1')} vs local {reference[trial][1].get('val_top1')}")
+        if problems:
+            raise _Fail("; ".join(problems), "run each trial with lspt_cli.sweep.run_trial(payload(trial)) on the "
+                        "worker and yield (trial, outcome, summary, error) once per trial")
+        return f"2 trials (vit-tiny, digits, 1 epoch): outcomes {sorted(v[0] for v in got.values())}, bundles identical to local"
+
+    checks.run("two-trial sweep equals local", same_as_local)

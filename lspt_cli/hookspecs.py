@@ -73,14 +73,17 @@ def lspt_register_recipes(register):
 def lspt_register_loggers(register):
     """Register experiment trackers for ``lspt tune --log NAME`` (docs/tracking.md).
 
-    :param register: call ``register(LoggerSpec(name, description, factory, requires, extra))`` once
-        per logger. ``factory() -> logger``, imported and called only when a run asks for it (rank 0
-        alone); the logger has ``start(run, config)``, ``log_epoch(epoch, metrics)`` and
-        ``finish(summary, bundle)``. ``requires`` names the modules it needs and ``extra`` the pip extra
-        that installs them: a missing one is one ``Error:`` before training starts.
+    :param register: call ``register(LoggerSpec(name, description, factory, requires, extra, options))``
+        once per logger. ``factory(**options) -> logger``, imported and called only when a run asks for
+        it (rank 0 alone); the logger has ``start(run, config, state)`` (returns a dict of state to keep,
+        or None), ``log_epoch(epoch, metrics)``, ``finish(summary, bundle)`` and optionally ``close()``
+        (``lspt_cli.loggers.LOGGER_METHODS``, the one source of these signatures). ``options`` maps each
+        ``--log-opt KEY`` to its help; ``requires`` names the modules it needs and ``extra`` the pip
+        extra that installs them: a missing one is one ``Error:`` before training starts.
 
-    Return nothing. A logger that raises mid-run is reported once on stderr and switched off; the
-    run goes on and its files stay the source of truth.
+    Return nothing. A logger whose methods cannot take these calls is refused with one warning when a
+    run starts it (``lspt plugins check NAME`` says why); one that raises mid-run is reported once on
+    stderr and switched off; the run goes on and its files stay the source of truth.
     """
 
 

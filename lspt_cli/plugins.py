@@ -400,6 +400,8 @@ def spec_problem(spec: object) -> str | None:
         return "options/requires of the wrong type (expected a dict of option -> help and a tuple of module names)"
     if isinstance(spec, LoggerSpec) and (not isinstance(spec.requires, tuple) or not all(isinstance(m, str) for m in spec.requires)):
         return f"requires={spec.requires!r}; expected a tuple of module names"
+    if isinstance(spec, LoggerSpec) and (not isinstance(spec.options, dict) or not all(isinstance(k, str) for k in spec.options)):
+        return f"options of type {type(spec.options).__name__}; expected a dict of option -> help"
     if isinstance(spec, RecipeSpec) and not isinstance(spec.values, dict):
         return f"values of type {type(spec.values).__name__}; expected the parsed TOML table (a dict)"
     return None

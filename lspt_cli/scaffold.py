@@ -1,4 +1,4 @@
-"""`lspt plugins new NAME --kind strategy|dataset|backbone`: a plugin package that works as written.
+"""`lspt plugins new NAME --kind strategy|dataset|backbone|logger|executor`: a plugin package that works as written.
 
 Like the llm-plugin and datasette-plugin templates: pyproject with the entry point, a module with a
 minimal working implementation, tests built on `lspt_cli.testing`, and a README. lspt's own test
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import UsageError
 
-KINDS = ("strategy", "dataset", "backbone")
+KINDS = ("strategy", "dataset", "backbone", "logger", "executor")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
@@ -68,8 +68,9 @@ def write_scaffold(name: str, kind: str, parent: Path) -> tuple[Path, list[str]]
 def _files(kind: str, n: Names) -> dict[str, str]:
     fill = dict(component=n.component, dist=n.dist, module=n.module, kind=kind,
                 cls="".join(part.capitalize() for part in n.component.split("-")))
-    impl = {"strategy": STRATEGY, "dataset": DATASET, "backbone": BACKBONE}[kind]
-    tests = {"strategy": STRATEGY_TESTS, "dataset": DATASET_TESTS, "backbone": BACKBONE_TESTS}[kind]
+    impl = {"strategy": STRATEGY, "dataset": DATASET, "backbone": BACKBONE, "logger": LOGGER, "executor": EXECUTOR}[kind]
+    tests = {"strategy": STRATEGY_TESTS, "dataset": DATASET_TESTS, "backbone": BACKBONE_TESTS, "logger": LOGGER_TESTS,
+             "executor": EXECUTOR_TESTS}[kind]
     return {
         "pyproject.toml": PYPROJECT.format(**fill),
         "README.md": README.format(**fill, usage=USAGE[kind].format(**fill)),
@@ -127,6 +128,9 @@ USAGE = {
     "strategy": "lspt tune --backbone vit-tiny --task digits --strategy {component} --epochs 3",
     "dataset": "lspt prepare-data {component} && lspt tune --backbone vit-tiny --task {component} --epochs 3",
     "backbone": "lspt tune --backbone {component} --task digits --epochs 3",
+    "logger": "lspt tune --backbone vit-tiny --task digits --epochs 3 --log {component} --log-opt path=epochs.csv",
+    "executor": "lspt sweep --backbone vit-tiny --task digits --strategy linear --grid lr=0.01,0.05 --epochs 2 "
+                "--executor {component}",
 }
 
 CONFTEST = '''
@@ -193,6 +197,175 @@ def lspt_register_backbones(register):
 ''',
 }
 
+INIT["logger"] = '''
+"""{dist}: the `{component}` experiment tracker for lspt. Importing this module must stay light."""
+
+from lspt_cli import LoggerSpec, hookimpl
+
+
+@hookimpl
+def lspt_register_loggers(register):
+    register(
+        LoggerSpec(
+            name="{component}",
+            description="Each epoch's metrics as a CSV row (edit me)",
+            factory="{module}.logger:{cls}",  # factory(**options), imported only when a run uses --log {component}
+            options={{"path": "the CSV file (default: RUN_DIR/{component}.csv; relative to the run dir)"}},
+            requires=(),  # the modules the logger imports (e.g. ("wandb",)); missing: one Error: before training
+        )
+    )
+'''
+
+INIT["executor"] = '''
+"""{dist}: the `{component}` sweep executor for lspt. Importing this module must stay light."""
+
+from lspt_cli import ExecutorSpec, hookimpl
+
+
+@hookimpl
+def lspt_register_executors(register):
+    register(
+        ExecutorSpec(
+            name="{component}",
+            description="Each trial in its own `lspt tune` process, one at a time (edit me)",
+            factory="{module}.executor:{cls}",  # factory(options, *, workers, sweep_dir, host), imported when used
+            options={{"order": "forward (default) or reverse: the order trials run in"}},
+        )
+    )
+'''
+
+LOGGER = '''
+"""The `{component}` logger: one CSV row per epoch.
+
+lspt calls (lspt_cli.loggers.LOGGER_METHODS, docs/plugins.md "Loggers"), on rank 0 only:
+start(run, config, state) once per process (again on --resume, with what start returned before),
+log_epoch(epoch, metrics) once per epoch (never twice, also across resumes), finish(summary, bundle)
+at the end, close() when the run stops early. A method that raises switches the logger off; the run
+goes on.
+"""
+
+import csv
+from pathlib import Path
+
+__all__ = ["{cls}"]
+
+COLUMNS = ("epoch", "train_loss", "train_acc", "val_acc", "lr")
+
+
+class {cls}:
+    """Args:
+        path: the CSV file, relative to the run directory (`--log-opt path=...`).
+    """
+
+    def __init__(self, path="{component}.csv"):
+        self.path_option = path
+
+    def start(self, run, config, state):
+        self.path = Path(run.dir) / self.path_option
+        if not state.get("started"):  # a new run: start the file over; a resume appends
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(COLUMNS)
+        return {{"started": True}}  # handed back as `state` when the run resumes
+
+    def log_epoch(self, epoch, metrics):
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([epoch] + [metrics.get(k, "") for k in COLUMNS[1:]])
+
+    def finish(self, summary, bundle):
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow(["test", "", summary.get("test_top1", ""), "", ""])
+
+    def close(self):
+        pass  # rows are written as they come: nothing to flush
+'''
+
+LOGGER_TESTS = '''
+"""{dist}'s tests: the conformance checks of `lspt plugins check`, and a real run with --log."""
+
+import csv
+
+from lspt_cli.testing import run_check
+
+
+def test_the_plugin_is_installed_and_registers_its_logger(lspt_cli):
+    rows = {{row["distribution"]: row for row in lspt_cli("plugins", "--json").json}}
+    assert rows["{dist}"]["error"] is None
+    assert rows["{dist}"]["components"] == {{"logger": ["{component}"]}}
+
+
+def test_conformance(lspt_home):
+    run_check("{component}").assert_ok()
+
+
+def test_tune_logs_one_row_per_epoch(lspt_cli, fake_task, tmp_path):
+    result = lspt_cli("tune", "--backbone", "vit-tiny", "--task", fake_task, "--strategy", "linear", "--epochs", "2",
+                      "--warmup-epochs", "0", "--batch-size", "8", "--log", "{component}", "--log-opt", "path=log.csv",
+                      "--out", str(tmp_path / "run"), "--json")
+    assert result.exit_code == 0 and "Warning" not in result.stderr, result.stderr
+    rows = list(csv.reader(open(tmp_path / "run" / "log.csv")))
+    assert [r[0] for r in rows] == ["epoch", "1", "2", "test"]
+'''
+
+EXECUTOR = '''
+"""The `{component}` executor: every trial in its own `lspt tune` process, one after the other.
+
+lspt calls (docs/plugins.md "Executors"): run(trials) once per phase (grid, then finals), which
+yields (trial, outcome, summary, error) as each trial ends, and close() once at the end.
+`lspt_cli.sweep.run_trial(payload(trial))` claims the trial and runs what its directory says is
+left (nothing, a resume, or the whole run): an engine only has to call it on a worker that sees
+the sweep directory.
+"""
+
+from lspt_cli import UsageError
+from lspt_cli.sweep import payload, run_trial
+
+__all__ = ["{cls}"]
+
+
+class {cls}:
+    """Args:
+        options: the --executor-opt values (strings): order=forward|reverse.
+        workers, sweep_dir, host: what lspt sweep passes to every executor.
+    """
+
+    def __init__(self, options, *, workers, sweep_dir, host):
+        self.order = options.get("order", "forward")
+        if self.order not in ("forward", "reverse"):
+            raise UsageError(f"--executor-opt order={{self.order}}: expected forward or reverse")
+
+    def run(self, trials):
+        for trial in (reversed(trials) if self.order == "reverse" else trials):
+            outcome, summary, error = run_trial(payload(trial))
+            yield trial, outcome, summary, error
+
+    def close(self):
+        pass  # nothing started, nothing to stop
+'''
+
+EXECUTOR_TESTS = '''
+"""{dist}'s tests: the conformance checks of `lspt plugins check` (a two-trial sweep equal to local)."""
+
+import pytest
+
+from lspt_cli.testing import run_check
+
+
+def test_the_plugin_is_installed_and_registers_its_executor(lspt_cli):
+    rows = {{row["distribution"]: row for row in lspt_cli("plugins", "--json").json}}
+    assert rows["{dist}"]["error"] is None
+    assert rows["{dist}"]["components"] == {{"executor": ["{component}"]}}
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_conformance(lspt_home, order):
+    run_check("{component}", options={{"order": order}}).assert_ok()
+
+
+def test_a_bad_option_is_one_usage_error(lspt_cli):
+    result = lspt_cli("plugins", "check", "{component}", "--opt", "order=sideways")
+    assert result.exit_code == 1 and "expected forward or reverse" in result.stdout
+'''
+
 STRATEGY = '''
 """The `{component}` strategy: `num_prompts` learned tokens inserted after CLS before block 0.
 
@@ -228,7 +401,8 @@ class {cls}(PromptStrategy):
     def before_block(self, index, x, state):
         if index != 0:
             return x
-        return self.insert_prompts(x, self.prompts.expand(x.shape[0], -1, -1))
+        # in x's dtype: under --amp the tokens are bf16 while the parameters stay fp32
+        return self.insert_prompts(x, self.prompts.to(x.dtype).expand(x.shape[0], -1, -1))
 '''
 
 STRATEGY_TESTS = '''

@@ -77,6 +77,12 @@ def logger_names_problem(value: str) -> str | None:
     return f"must be logger names separated by commas (lspt list loggers), got {value!r}"
 
 
+def _log_options_problem(value: str) -> str | None:
+    from .loggers import options_problem
+
+    return options_problem(value)
+
+
 def one_of(allowed) -> str:
     quoted = [f"'{a}'" for a in allowed]
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
@@ -124,6 +130,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("loggers", str, "", "Experiment trackers, comma-separated: tensorboard, mlflow (lspt list loggers). "
             "Under torchrun spell it --loggers (torchrun reads --log as its --log-dir).", flags=("--log",),
             check=logger_names_problem, default_text="none"),
+    Setting("log_options", str, "", "Logger options, KEY=VALUE[,KEY=VALUE] (LOGGER.KEY=VALUE for one of several "
+            "loggers); each key one the logger declares (lspt list loggers).", flags=("--log-opt",),
+            check=lambda value: _log_options_problem(value), default_text="none"),
     Setting("augment", bool, True, "Training augmentation (FGVC/custom crop+flip); --no-augment trains on the eval transform."),
     Setting("compile", bool, False, "torch.compile the prompted forward (compile time reported apart; eager where unavailable)."),
     Setting("grad_checkpointing", bool, False, "Recompute each frozen block in backward: less memory, more time."),

@@ -113,9 +113,11 @@ class RecipeSpec:
 class LoggerSpec:
     """An experiment tracker for `lspt tune --log NAME` (docs/tracking.md).
 
-    `factory() -> logger` with `start(run, config)`, `log_epoch(epoch, metrics)` and
-    `finish(summary, bundle)` (lspt_cli/loggers.py). `requires` lists the modules it imports and
-    `extra` the pip extra that installs them: a missing one is one `Error:` before training.
+    `factory(**options) -> logger` with `start(run, config, state)`, `log_epoch(epoch, metrics)`,
+    `finish(summary, bundle)` and optionally `close()` (lspt_cli/loggers.py, LOGGER_METHODS).
+    `options` maps each key `--log-opt KEY=VALUE` may set to a line of help (values arrive as
+    strings; any other key is a usage error). `requires` lists the modules it imports and `extra`
+    the pip extra that installs them: a missing one is one `Error:` before training.
     """
 
     name: str
@@ -123,6 +125,7 @@ class LoggerSpec:
     factory: Factory
     requires: tuple[str, ...] = ()
     extra: str = ""
+    options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

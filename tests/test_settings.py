@@ -13,7 +13,7 @@ from plans import planned_trials
 
 from lspt_cli.settings import BY_NAME, PROTOCOL_DEFAULTS, SETTINGS, Setting, TrainConfig
 
-SAMPLES = {"device": "cpu", "loggers": "tensorboard"}  # strings that are not a choice among a few
+SAMPLES = {"device": "cpu", "loggers": "tensorboard", "log_options": "tensorboard.dir=tb"}  # strings that are not a choice among a few
 TUNE = ("tune", "--backbone", "vit-tiny", "--task", "digits", "--strategy", "linear")
 
 

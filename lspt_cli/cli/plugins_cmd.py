@@ -43,24 +43,36 @@ def register(app: typer.Typer) -> None:
     @plugins_app.command("check")
     def check(
         names: Optional[List[str]] = typer.Argument(
-            None, help="Strategies, backbones, datasets or recipes to check (default: every component of the "
-            "external plugins).", autocompletion=complete_from("strategy"), show_default=False),
-        kind: Optional[str] = typer.Option(None, "--kind", help="strategy, backbone, dataset or recipe, when NAME is "
-                                           "registered as more than one kind.  [default: every kind NAME has]", show_default=False),
+            None, help="Strategies, backbones, datasets, recipes, loggers or executors to check (default: every "
+            "component of the external plugins).", autocompletion=complete_from("strategy"), show_default=False),
+        kind: Optional[str] = typer.Option(None, "--kind", help="strategy, backbone, dataset, recipe, logger or executor, "
+                                           "when NAME is registered as more than one kind.  [default: every kind NAME has]",
+                                           show_default=False),
+        opts: Optional[List[str]] = typer.Option(None, "--opt", help="KEY=VALUE: an option of the logger or executor "
+                                                 "checked (repeatable), e.g. --opt cluster=local.  [default: none]",
+                                                 show_default=False),
         root: Optional[Path] = typer.Option(None, "--root", help="A dataset's unpacked files, for datasets that need them.  [default: none]",
                                             show_default=False),
         weights: Optional[Path] = typer.Option(None, "--weights", help="A backbone's weights file.  [default: its cached file, else random init]", show_default=False),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ):
-        """Conformance checks of registered components on vit-tiny: build, forward, a non-zero gradient
-        for every trainable tensor, count_params, bundle round-trip, a clean error for a bad option and
-        the same result for the same seed. One line per check with a fix hint; exit 1 when any fails."""
+        """Conformance checks of registered components on vit-tiny: for a strategy build, forward, a
+        non-zero gradient for every trainable tensor, count_params, bundle round-trip, resume, a clean
+        error for each bad option and the same result for the same seed; a logger's interface and its
+        calls across a resume; an executor's two-trial sweep against `local`. One line per check with a
+        fix hint; exit 1 when any fails."""
         from ..plugins import get_host
-        from ..conformance import check_kinds, run_check
+        from ..conformance import KINDS, check_kinds, run_check
 
         host = get_host()
-        if kind is not None and kind not in ("strategy", "backbone", "dataset", "recipe"):
-            raise UsageError(f"--kind must be strategy, backbone, dataset or recipe, got {kind!r}")
+        if kind is not None and kind not in KINDS:
+            raise UsageError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        options: dict[str, str] = {}
+        for item in opts or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"--opt {item!r}: expected KEY=VALUE")
+            options[key.strip()] = value
         targets: list[tuple[str, str | None]] = []
         if names:
             targets = [(n, kind) for n in names]
@@ -76,7 +88,8 @@ def register(app: typer.Typer) -> None:
         for name, k in targets:
             kinds = [k] if k else check_kinds(name, host)
             for each in kinds or [None]:
-                report = run_check(name, each, host=host, root=root, weights=weights)
+                report = run_check(name, each, host=host, root=root, weights=weights,
+                                   options=options if each in ("logger", "executor") else None)
                 reports.append(report)
                 if not json_:
                     for line in report.lines():

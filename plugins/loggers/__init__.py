@@ -17,6 +17,7 @@ def lspt_register_loggers(register):
         factory="lspt_plugins.loggers.tensorboard_logger:TensorBoardLogger",
         requires=("tensorboard",),
         extra="tensorboard",
+        options={"dir": "the event files' folder, relative to the run directory (default: tensorboard)"},
     ))
     register(LoggerSpec(
         name="mlflow",

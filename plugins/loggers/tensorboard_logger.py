@@ -24,11 +24,18 @@ EVENTS_DIR = "tensorboard"
 
 
 class TensorBoardLogger:
+    """Args:
+        dir: the event files' folder, relative to the run directory (`--log-opt tensorboard.dir=tb`).
+    """
+
+    def __init__(self, dir: str = EVENTS_DIR):
+        self.dir = dir
+
     def start(self, run, config, state):
         from torch.utils.tensorboard import SummaryWriter
 
         self.config = config
-        logdir = Path(run.dir) / EVENTS_DIR
+        logdir = Path(run.dir) / self.dir
         if not state.get("started"):  # a fresh run (also --overwrite): no events of an older run
             for old in logdir.glob("events.out.tfevents.*"):
                 old.unlink()
