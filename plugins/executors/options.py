@@ -42,3 +42,36 @@ def connect_timeout(options: dict[str, str] | None = None) -> float:
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"{CONNECT_TIMEOUT_ENV}={text} must be a number of seconds > 0")
     return value
+
+
+def split_address(address: str) -> tuple[str, int] | None:
+    """("host", port) of "host:port" (also "[v6]:port" and a "scheme://" prefix), else None."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def reach(address: str, timeout: float, what: str, hint: str) -> float:
+    """Open (and close) a TCP connection to `address` within `timeout` seconds; one LsptError naming
+    the address, what did not answer and `hint` otherwise. Returns the seconds left of `timeout`."""
+    import socket
+    import time
+
+    from lspt_cli import LsptError
+
+    parsed = split_address(address)
+    if parsed is None:
+        raise LsptError(f"{what} address '{address}' is not host:port", hint=hint)
+    start = time.monotonic()
+    try:
+        with socket.create_connection(parsed, timeout=timeout):
+            pass
+    except socket.gaierror as exc:
+        raise LsptError(f"cannot resolve the {what} host '{parsed[0]}' ({exc.strerror or exc})", hint=hint) from None
+    except (socket.timeout, TimeoutError):
+        raise LsptError(f"no answer from the {what} at {address} within {timeout:g} s", hint=hint) from None
+    except OSError as exc:
+        raise LsptError(f"cannot connect to the {what} at {address} ({exc.strerror or exc})", hint=hint) from None
+    return max(0.0, timeout - (time.monotonic() - start))

@@ -14,7 +14,7 @@ import ray
 
 from lspt_cli.sweep.executors import payload, run_trial_here
 
-from .options import number
+from .options import CONNECT_TIMEOUT_ENV, connect_timeout, number, reach
 
 
 class RayExecutor:
@@ -26,7 +26,7 @@ class RayExecutor:
         if not ray.is_initialized():
             address = options.get("address")
             if address:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
+                join(address, connect_timeout(options))
             else:
                 cpus = max(1, round(max(1, workers) * self.num_cpus))
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -60,6 +60,58 @@ class RayExecutor:
     def close(self) -> None:
         if self.started:
             ray.shutdown()
+
+
+def join(address: str, timeout: float) -> None:
+    """ray.init(address=...), but never a hang: the cluster must answer within `timeout` seconds
+    (a TCP connection, then gRPC's handshake with the GCS), else one LsptError naming the address.
+    Ray itself would retry for minutes on a closed port or a server that never speaks."""
+    from lspt_cli import LsptError
+
+    hint = (f"check that `ray start --head` runs there and the port is its GCS port (ray status --address "
+            f"{address}), or use address=auto on a cluster node; the wait is --executor-opt connect_timeout=S "
+            f"or {CONNECT_TIMEOUT_ENV}")
+    target = address
+    if address == "auto":
+        from ray._private import services
+
+        try:
+            target = services.canonicalize_bootstrap_address(address)
+        except Exception as exc:  # noqa: BLE001  (no running cluster recorded on this machine)
+            raise LsptError(f"address=auto: no running Ray cluster found on this machine ({_first_line(exc)})",
+                            hint="start one with `ray start --head`, or give address=host:port") from None
+        if target is None:
+            raise LsptError("address=auto: no running Ray cluster found on this machine",
+                            hint="start one with `ray start --head`, or give address=host:port")
+    left = reach(target, timeout, "Ray cluster", hint)
+    if not address.startswith("ray://"):
+        _gcs_handshake(target, max(left, 0.5), address, timeout, hint)
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as exc:  # noqa: BLE001  (ConnectionError, version mismatch, ...)
+        raise LsptError(f"cannot join the Ray cluster at {address}: {_first_line(exc)}", hint=hint) from None
+
+
+def _gcs_handshake(target: str, timeout: float, address: str, total: float, hint: str) -> None:
+    """Something accepts TCP connections at target: it must also complete gRPC's HTTP/2 handshake
+    (Ray's GCS does at once; a silent or foreign server never does)."""
+    import grpc
+
+    from lspt_cli import LsptError
+
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise LsptError(f"the Ray cluster at {address} accepted a connection but did not answer within "
+                        f"{total:g} s (not a Ray GCS port, or the cluster is hung)", hint=hint) from None
+    finally:
+        channel.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def errors_to_stderr() -> None:

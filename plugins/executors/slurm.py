@@ -10,6 +10,7 @@ submitit's local executor: on one machine, how the tests exercise this path.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import submitit
 from lspt_cli import UsageError
 from lspt_cli.sweep.executors import payload, run_trial, stop_running_trial
 
-from .options import number
+from .options import CONNECT_TIMEOUT_ENV, connect_timeout, number
 
 POLL_S = 0.5
 
@@ -44,6 +45,8 @@ class SlurmExecutor:
         if cluster == "slurm" and shutil.which("sbatch") is None:
             raise UsageError("--executor slurm: no `sbatch` on PATH (not a SLURM login node)",
                              hint="run the sweep where sbatch works, or try it here with --executor-opt cluster=local")
+        if cluster == "slurm":
+            check_controller(connect_timeout(options))
         cpus = number(options, "cpus", 1, int, 1)
         requeues = number(options, "max_requeue", 3, int, 0)
         self.local = cluster == "local"
@@ -85,6 +88,29 @@ class SlurmExecutor:
 
     def close(self) -> None:
         pass
+
+
+def check_controller(timeout: float) -> None:
+    """The SLURM controller must answer (`sinfo`, bounded by `timeout` seconds) before any job is
+    submitted: sbatch and submitit's polling would otherwise wait on a dead slurmctld without end."""
+    from lspt_cli import LsptError
+
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:  # sbatch without sinfo: nothing to ask; submission reports its own errors
+        return
+    hint = (f"check that `sinfo` answers on this node (slurmctld up and reachable, munge running); "
+            f"the wait is --executor-opt connect_timeout=S or {CONNECT_TIMEOUT_ENV}")
+    try:
+        done = subprocess.run([sinfo, "--noheader", "--format=%P"], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise LsptError(f"the SLURM controller did not answer within {timeout:g} s (`sinfo` hung)", hint=hint) from None
+    except OSError as exc:
+        raise LsptError(f"cannot run {sinfo} ({exc.strerror or exc})", hint=hint) from None
+    if done.returncode != 0:
+        why = next((line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()), "")
+        raise LsptError(f"the SLURM controller did not answer: `sinfo` exited with {done.returncode}"
+                        + (f" ({why})" if why else ""), hint=hint)
 
 
 def _result(job) -> tuple:

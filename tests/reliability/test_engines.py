@@ -163,3 +163,105 @@ def test_list_executors_shows_every_builtin_option_with_its_rule(cli, tally):
     table = cli("list", "executors", "ray").output
     assert "num_cpus: a number > 0" in " ".join(table.split())
     tally.bad_input("lspt list executors shows each option's type and bounds")
+
+
+# -- engines that never answer: a bounded wait, then one Error: naming the address ---------------------
+@pytest.fixture
+def silent_server():
+    """A real TCP server that accepts connections and never says a byte (a hung or foreign service)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except (socket.timeout, OSError):
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound once by us, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sweep_on(home: Path, out: Path, *opts: str, executor: str, timeout: float = 60, **env: str):
+    args = [*SWEEP, "--threads", "1", "--executor", executor, "--out", str(out)]
+    for opt in opts:
+        args += ["--executor-opt", opt]
+    start = time.monotonic()
+    result = run_lspt(home, *args, timeout=timeout, **env)
+    return result, time.monotonic() - start
+
+
+@pytest.mark.parametrize("case", ["closed port", "silent server", "silent server, LSPT_CONNECT_TIMEOUT",
+                                  "unresolvable host", "not host:port"])
+def test_a_ray_address_that_never_answers_is_one_error_within_the_wait(tmp_path, silent_server, case, tally):
+    pytest.importorskip("ray")
+    env, opts = {}, ["connect_timeout=3"]
+    if case == "closed port":
+        address = f"127.0.0.1:{closed_port()}"
+    elif case == "silent server":
+        address = silent_server
+    elif case == "silent server, LSPT_CONNECT_TIMEOUT":
+        address, opts, env = silent_server, [], {"LSPT_CONNECT_TIMEOUT": "2"}
+    elif case == "unresolvable host":
+        address = "no-such-ray-head.invalid:6379"
+    else:
+        address = "just-a-name"
+    result, took = sweep_on(tmp_path / "home", tmp_path / "sweep", "address=" + address, *opts, executor="ray", **env)
+    line = assert_clean_error(result.returncode, result.stdout, result.stderr, address.split(":")[0] if case ==
+                              "unresolvable host" else address, exit_code=1)
+    assert "Hint:" in result.stderr and "ray start --head" in result.stderr  # what to check
+    if case.startswith("silent"):
+        assert "did not answer within " + ("2" if env else "3") + " s" in line
+    assert took < 30, f"took {took:.1f} s"
+    assert not list((tmp_path / "sweep").rglob("trial.json"))  # no trial was planned onto it
+    tally.fault(f"Ray address that never answers ({case}): one Error within the bounded wait")
+
+
+def _fake_slurm(tmp_path: Path, sinfo_body: str) -> dict[str, str]:
+    """PATH with an `sbatch` that must never be called and an `sinfo` doing `sinfo_body`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in [("sbatch", "echo sbatch must not run >&2; exit 99"), ("sinfo", sinfo_body)]:
+        path = bin_dir / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("case", ["hung controller", "hung controller, LSPT_CONNECT_TIMEOUT", "controller down"])
+def test_a_slurm_controller_that_never_answers_is_one_error_within_the_wait(tmp_path, case, tally):
+    pytest.importorskip("submitit")
+    if case == "controller down":
+        env = _fake_slurm(tmp_path, "echo 'slurm_load_partitions: Unable to contact slurm controller (connect failure)' >&2; exit 1")
+        opts = ["connect_timeout=3"]
+    else:
+        env = _fake_slurm(tmp_path, "exec sleep 120")
+        opts = [] if "LSPT_CONNECT_TIMEOUT" in case else ["connect_timeout=2"]
+        if not opts:
+            env["LSPT_CONNECT_TIMEOUT"] = "2"
+    result, took = sweep_on(tmp_path / "home", tmp_path / "sweep", *opts, executor="slurm", **env)
+    needle = "Unable to contact slurm controller" if case == "controller down" else "did not answer within 2 s"
+    assert_clean_error(result.returncode, result.stdout, result.stderr, "SLURM controller", needle, exit_code=1)
+    assert "sinfo" in result.stderr and "sbatch must not run" not in result.stderr
+    assert took < 30, f"took {took:.1f} s"
+    tally.fault(f"SLURM controller that never answers ({case}): one Error within the bounded wait")
