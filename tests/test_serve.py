@@ -482,3 +482,20 @@ def test_engine_ray_serves_the_same_answers_from_replicas(tmp_path):
             raise
     assert code == 0, stderr.read_text()
     assert "lspt serve: stopped" in stderr.read_text()
+
+
+def test_dry_run_loads_everything_and_shows_the_batch_groups(cli, tmp_path):
+    bundles = make_bundles(tmp_path / "b")
+    result = cli("serve", *map(str, bundles.values()), "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [t["name"] for t in doc["tasks"]] == sorted(NAMES) and doc["backbones"] == 1
+    groups = sorted(sorted(g["tasks"]) for g in doc["batch_groups"])
+    # same token count batches in every block, across families; the linear probes alone
+    assert groups == [["deep2", "deep2b", "gapt2"], ["lin"], ["lspt3", "shallow3"]]
+    text = cli("serve", str(bundles["lin"]), "--dry-run").stdout
+    assert "lin: linear 0 prompt(s), 10 classes" in text and "1 task(s) on 1 backbone(s) in 1 batch group(s)" in text
+    broken = tmp_path / "b" / "broken.safetensors"
+    broken.write_bytes(b"junk")
+    result = cli("serve", str(broken), "--dry-run")
+    assert result.exit_code == 1 and "broken.safetensors" in result.output

@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import UsageError
+from .output import out, print_json, safe
 
 
 def parse_weights(values: list[str]) -> dict[str | None, Path]:
@@ -51,6 +52,8 @@ def register(app: typer.Typer) -> None:
         replicas: int = typer.Option(1, "--replicas", min=1, help="--engine ray: copies of the app, each with its own backbones and batcher."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--engine ray: a running cluster (ray://... or auto).  [default: a local cluster for this command]"),
         cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica", min=0.0, help="--engine ray: CPUs Ray reserves per replica."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Load and check every bundle, print the tasks and what batches with what, serve nothing."),
+        json_: bool = typer.Option(False, "--json", help="With --dry-run: print one JSON document."),
     ):
         """Serve bundles over HTTP: one backbone per weights, requests of all tasks batched together."""
         try:
@@ -83,6 +86,19 @@ def register(app: typer.Typer) -> None:
             limits=Limits(max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_pixels=max_pixels,
                           read_timeout_s=read_timeout),
         )
+        if dry_run:
+            from ..serve.server import build, describe
+
+            registry, _, _ = build(options)
+            doc = describe(registry)
+            if json_:
+                print_json(doc)
+            else:
+                for task in doc["tasks"]:
+                    out.print(f"{safe(task['name'])}: {safe(task['strategy'])} {task['prompts']} prompt(s), {len(task['classes'])} classes, "
+                              f"backbone {safe(task['backbone'])} {task['fingerprint'][:19]}..., batch group {task['batch_group']}")
+                out.print(f"{len(doc['tasks'])} task(s) on {doc['backbones']} backbone(s) in {len(doc['batch_groups'])} batch group(s)")
+            return
         if engine == "ray":
             from ..serve.ray_engine import serve_ray
 

@@ -100,6 +100,23 @@ def build(options: ServeOptions, log=None):
     return registry, batcher, metrics
 
 
+def describe(registry: Registry) -> dict:
+    """What `lspt serve --dry-run` prints: the tasks and the batch groups they form. Tasks in one
+    group go through every frozen block in one call (same backbone, same token count); all tasks
+    of one backbone share the patch embedding and the batch."""
+    groups: dict[tuple, list[str]] = {}
+    tasks = []
+    for task in sorted(registry.tasks.values(), key=lambda t: t.name):
+        key = (task.backbone.name, task.fingerprint, task.info["tokens"])
+        groups.setdefault(key, []).append(task.name)
+        tasks.append({"name": task.name, "strategy": task.info["strategy"]["name"],
+                      "prompts": int(getattr(task.model.model.strategy, "num_prompts", 0) or 0),
+                      "classes": task.classes, "backbone": task.backbone.name, "fingerprint": task.fingerprint,
+                      "batch_group": list(groups).index(key) + 1})
+    return {"tasks": tasks, "backbones": registry.num_backbones,
+            "batch_groups": [{"backbone": k[0], "fingerprint": k[1], "tokens": k[2], "tasks": v} for k, v in groups.items()]}
+
+
 def make_app(options: ServeOptions, registry: Registry, batcher: Batcher, metrics: Metrics, log=None):
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     stop = threading.Event()

@@ -24,7 +24,7 @@ from lspt_cli.cli import create_app
 
 EXAMPLES = int(os.environ.get("LSPT_FUZZ_EXAMPLES", "150"))
 ALLOWED_EXIT = {0, 1, 2, 3}
-FORCED = {"tune": ["--dry-run"], "sweep": ["--plan"]}  # never train in a fuzz run
+FORCED = {"tune": ["--dry-run"], "sweep": ["--plan"], "serve": ["--dry-run"]}  # never train or serve in a fuzz run
 
 
 @pytest.fixture(scope="module")
