@@ -336,7 +336,7 @@ def test_watched_directory_adds_reloads_and_removes_tasks(server):
 @pytest.mark.xdist_group("serve")
 def test_sigterm_lets_in_flight_requests_finish(tmp_path):
     bundles = make_bundles(tmp_path / "bundles", SPECS[:2])
-    proc, url, stderr = start_server(tmp_path, *bundles.values(), "--max-wait-ms", "2500", "--max-batch", "64", token=None)
+    proc, url, stderr = start_server(tmp_path, *bundles.values(), "--max-wait-ms", "6000", "--max-batch", "64", token=None)
     results = {}
 
     def send(name):
@@ -345,7 +345,11 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path):
     threads = [threading.Thread(target=send, args=(name,)) for name in bundles]
     for t in threads:
         t.start()
-    time.sleep(1.0)  # both requests are waiting in the batcher (max wait 2.5 s)
+    def queued() -> bool:
+        text = call(url, "/metrics", token=None)[1]
+        return "lspt_queue_images 2" in text
+
+    assert wait_for(queued, timeout=20)  # both requests wait in the batcher (max wait 6 s from the first)
     proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(60)
