@@ -192,6 +192,7 @@ def make_metadata(
     metrics: dict[str, Any] | None = None,
     created_at: str | None = None,
     protocol: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, str]:
     """Build a bundle's str -> str metadata (its keys are this function's)."""
     from . import __version__
@@ -216,6 +217,8 @@ def make_metadata(
     }
     if protocol is not None:  # the training protocol (`paper` | `lspt`, docs/protocol.md)
         md["lspt.protocol"] = protocol
+    if precision is not None:  # what the run computed in: "bf16" or "fp32" (`amp = auto` resolves to either)
+        md["lspt.precision"] = precision
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in md.items()}
 
 

@@ -439,6 +439,24 @@ def test_paper_is_fp32_on_every_device(monkeypatch, native):
             assert use_bf16("auto", cuda) is supported and not use_bf16("off", cuda)
 
 
+@pytest.mark.parametrize("native, amp, used", [("1", "auto", "bf16"), ("0", "auto", "fp32"), ("1", "off", "fp32"),
+                                                ("0", "bf16", "bf16")])
+def test_the_precision_a_run_used_is_recorded(cli, tmp_path, monkeypatch, native, amp, used):
+    """`amp = auto` records what it resolved to on this CPU (faked both ways): config.json's meta,
+    summary.json and the bundle say "bf16" or "fp32", never "auto"."""
+    from lspt_cli.bundle import read_header
+
+    monkeypatch.setenv("LSPT_CPU_BF16", native)
+    run = tmp_path / "run"
+    result = cli("tune", "--backbone", "vit-tiny", "--task", "digits", "--strategy", "linear", "--protocol", "lspt",
+                 "--amp", amp, "--epochs", "1", "--warmup-epochs", "0", "--out", str(run), "--json", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["precision"] == used
+    assert json.loads((run / "config.json").read_text())["meta"]["precision"] == used
+    assert json.loads((run / "config.json").read_text())["train"]["amp"] == amp  # what was asked stays recorded too
+    assert read_header(run / "bundle.safetensors").meta("lspt.precision") == used
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_split_the_batch(tmp_path):
     """Under torchrun (2 CPU ranks, gloo) the paper protocol trains 32 + 32 images per step for

@@ -210,6 +210,7 @@ class Trainer:
                      "style": self.style},
             "data_config": dict(data_cfg),
             "protocol": cfg.protocol,
+            "precision": "bf16" if self.amp else "fp32",  # what `amp` resolved to on this device (auto: either)
         }
 
     def _speed_up(self, strategy) -> None:
@@ -518,6 +519,7 @@ class Trainer:
             "backbone": self.config.backbone,
             "strategy": self.config.strategy,
             "protocol": cfg.protocol,
+            "precision": self.state_meta["precision"],
             "final": self.config.final,
             **summary_fields(self.rule, self.config.final),  # train_split, reported_epoch_rule
             "readout": self.model.readout,
