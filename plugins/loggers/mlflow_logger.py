@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 # A tracking server that is gone must fail fast, not retry for minutes (MLflow's default); the
-# user's own settings win.
+# user's own settings win. Each request waits at most LSPT_CONNECT_TIMEOUT (30 s), and an http(s)
+# server is asked first (check_server) with the same bound.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 TAGS = ("strategy", "backbone", "task", "protocol")
@@ -50,13 +51,45 @@ def experiment_name(run_dir: Path) -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or "lspt"
 
 
+def check_server(uri: str, timeout: float) -> None:
+    """An http(s) tracking server must answer (any HTTP response) within `timeout` seconds; else one
+    ConnectionError naming the URI and what to check (MLflow's client would retry for minutes)."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    hint = (f"check MLFLOW_TRACKING_URI and that `mlflow server` runs there; the wait is "
+            f"LSPT_CONNECT_TIMEOUT (now {timeout:g} s)")
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:  # it answered (a proxy's 404 or 401 included): MLflow reports the rest
+        return
+    except (socket.timeout, TimeoutError):
+        why = f"did not answer within {timeout:g} s"
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            why = f"did not answer within {timeout:g} s"
+        else:
+            why = f"cannot be reached ({getattr(reason, 'strerror', None) or reason})"
+    except (OSError, ValueError) as exc:
+        why = f"cannot be reached ({exc})"
+    raise ConnectionError(f"the MLflow tracking server at {uri} {why}: {hint}")
+
+
 class MlflowLogger:
     def start(self, run, config, state):
-        for key, value in HTTP_DEFAULTS.items():
+        from lspt_plugins.executors.options import connect_timeout
+
+        timeout = connect_timeout()
+        for key, value in {**HTTP_DEFAULTS, "MLFLOW_HTTP_REQUEST_TIMEOUT": f"{timeout:g}"}.items():
             os.environ.setdefault(key, value)
+        uri = state.get("tracking_uri") or tracking_uri()
+        if uri.startswith(("http://", "https://")):
+            check_server(uri, timeout)
         from mlflow.tracking import MlflowClient
 
-        uri = state.get("tracking_uri") or tracking_uri()
         if uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
             local_root().mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=uri)

@@ -265,3 +265,35 @@ def test_a_slurm_controller_that_never_answers_is_one_error_within_the_wait(tmp_
     assert "sinfo" in result.stderr and "sbatch must not run" not in result.stderr
     assert took < 30, f"took {took:.1f} s"
     tally.fault(f"SLURM controller that never answers ({case}): one Error within the bounded wait")
+
+
+# -- an MLflow tracking server that never answers: bounded, one line naming it, the run unaffected ------
+@pytest.mark.parametrize("case", ["silent server", "closed port", "unresolvable host"])
+def test_an_mlflow_server_that_never_answers_is_named_within_the_wait(silent_server, case, tally):
+    pytest.importorskip("mlflow")
+    from lspt_plugins.loggers.mlflow_logger import check_server
+
+    address = {"silent server": silent_server, "closed port": f"127.0.0.1:{closed_port()}",
+               "unresolvable host": "no-such-mlflow.invalid:5000"}[case]
+    start = time.monotonic()
+    with pytest.raises(ConnectionError) as info:
+        check_server(f"http://{address}", 1.5)
+    assert time.monotonic() - start < 10
+    assert f"http://{address}" in str(info.value) and "mlflow server" in str(info.value)
+    assert ("did not answer within 1.5 s" in str(info.value)) == (case == "silent server")
+    tally.fault(f"MLflow tracking server that never answers ({case}): bounded check naming the URI")
+
+
+def test_tune_with_a_silent_mlflow_server_finishes_with_one_line_naming_it(tmp_path, silent_server, tally):
+    pytest.importorskip("mlflow")
+    start = time.monotonic()
+    result = run_lspt(tmp_path / "home", "tune", "--backbone", "vit-tiny", "--task", "digits", "--strategy", "linear",
+                      "--epochs", "1", "--warmup-epochs", "0", "--threads", "1", "--log", "mlflow",
+                      "--out", str(tmp_path / "run"), "--json", "-q", timeout=120,
+                      MLFLOW_TRACKING_URI=f"http://{silent_server}", LSPT_CONNECT_TIMEOUT="2")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if silent_server in line]
+    assert len(lines) == 1 and "did not answer within 2 s" in lines[0] and "Traceback" not in result.stderr
+    assert (tmp_path / "run" / "summary.json").is_file()
+    assert time.monotonic() - start < 90
+    tally.fault("tune --log mlflow against a server that never answers: one line naming it after 2 s, run finishes")
