@@ -114,13 +114,15 @@ class PromptedModel(nn.Module):
 
     # -- saving ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, classes: Sequence[str] | None = None, *, task: str | None = None,
-             benchmark: str | None = None, style: str | None = None, metrics: Mapping[str, Any] | None = None) -> Path:
+             benchmark: str | None = None, style: str | None = None, metrics: Mapping[str, Any] | None = None,
+             precision: str | None = None) -> Path:
         """Write an lspt bundle (the strategy's tensors + head + metadata, never the backbone), atomically.
 
         `classes`: the class names, in head order (default: the model's). `task`: the task name
         `lspt eval` evaluates on by default (default: the model's, else the file's stem).
         `benchmark`/`style`: which eval transform the bundle records (default: the model's, else
-        "custom", i.e. resize + centre crop). Returns the path.
+        "custom", i.e. resize + centre crop). `precision`: what you trained in, "fp32" or "bf16"
+        (default: the loaded bundle's, else "fp32"), recorded as `lspt.precision`. Returns the path.
         """
         from . import bundle
 
@@ -151,6 +153,7 @@ class PromptedModel(nn.Module):
             backbone=info, strategy={"name": self.strategy_name, "config": self.model.strategy.config()},
             task=task_info, data_config=dict(backbone.data_config), metrics=dict(metrics or {}),
             protocol=self.header.meta("lspt.protocol") if self.header is not None else None,  # a re-saved bundle keeps it
+            precision=_check_precision(precision or (self.header.meta("lspt.precision") if self.header is not None else None) or "fp32"),
         )
         bundle.save(path, self.model.trainable_state_dict(), meta)
         self.classes, self.task = names, task_info
@@ -320,6 +323,12 @@ def wrap(timm_model: nn.Module, strategy: str = "vpt-deep", num_classes: int | N
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _check_precision(value: Any) -> str:
+    if value not in ("fp32", "bf16"):
+        raise UsageError(f"precision must be 'fp32' or 'bf16', got {value!r}")
+    return value
+
+
 def _check_top_k(top_k: Any) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise UsageError(f"top_k must be an integer >= 1, got {top_k!r}")

@@ -217,6 +217,9 @@ def test_wrap_trains_in_a_plain_loop_and_lspt_eval_gives_the_same_accuracy(cli, 
     doc = json.loads(result.stdout)
     assert doc["task"] == "mini" and doc["n"] == total == 64
     assert doc["top1"] == pytest.approx(100.0 * correct / total)
+    from lspt_cli.bundle import read_header
+
+    assert read_header(path).meta("lspt.precision") == "fp32"
     assert correct > 13  # it learned something (chance is 6.4 of 64)
 
 
