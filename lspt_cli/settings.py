@@ -48,6 +48,7 @@ class Setting:
     bool_values: tuple[str, str] | None = None  # (value of --x, value of --no-x)
     check: Callable[[Any], str | None] | None = None  # a rule of its own (a device's form)
     resume_may_change: bool = False  # where and how fast a run continues, never what it computes
+    changes_result: bool = True  # False: how a run is carried out or watched, never what it computes
     default_text: str = ""  # `--help`'s default where it is not a value ("the backbone's")
 
     @property
@@ -102,6 +103,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("weight_decay", float, 1e-4, "Weight decay (matrices and prompts only; never biases, gates or temperatures).",
             f"{VPT_BASE}:16", Rule(float, 0, 1e6), flags=("--wd",)),
     Setting("momentum", float, 0.9, "SGD momentum.", f"{VPT_BASE}:15", Rule(float, 0, 1, high_open=True)),
+    Setting("label_smoothing", float, 0.0, "Label smoothing of the training loss (0 = plain cross-entropy).",
+            f"{VPT_BASE}:13 (LOSS softmax: none)", Rule(float, 0, 1, high_open=True)),
     Setting("lr_scaling", str, "none", "none, or batch/256 (the lr trained is lr * batch / 256, VPT's convention).",
             "KMnP/vpt tune_fgvc.py:31 (batch/256)", choices=("none", "batch/256")),
     Setting("grad_clip", float, 0.0, "Max gradient norm; 0 disables.", "VPT/GaPT clip nothing; lspt clips at 1",
@@ -122,17 +125,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("seed", int, 42, "Random seed (init, data order, augmentation, dropout).",
             "KMnP/vpt's first seed (42, 44, 82, 100, 800)", Rule(int, 0, MAX_SEED)),
     Setting("num_workers", int, 0, "Data-loader worker processes (results do not depend on it).", rule=Rule(int, 0, 256),
-            resume_may_change=True),
-    Setting("eval_batch_size", int, 0, "Images per evaluation step (0 = --batch-size).", rule=Rule(int, 0, 1_048_576)),
-    Setting("device", str, "auto", "auto, cpu, cuda, cuda:N or mps.", check=device_problem, resume_may_change=True),
+            resume_may_change=True, changes_result=False),
+    Setting("eval_batch_size", int, 0, "Images per evaluation step (0 = --batch-size).", rule=Rule(int, 0, 1_048_576),
+            changes_result=False),
+    Setting("device", str, "auto", "auto, cpu, cuda, cuda:N or mps.", check=device_problem, resume_may_change=True,
+            changes_result=False),
     Setting("threads", int, 0, "torch CPU threads (0 = one per core).", rule=Rule(int, 0, MAX_THREADS),
-            resume_may_change=True),
+            resume_may_change=True, changes_result=False),
     Setting("loggers", str, "", "Experiment trackers, comma-separated: tensorboard, mlflow (lspt list loggers). "
             "Under torchrun spell it --loggers (torchrun reads --log as its --log-dir).", flags=("--log",),
-            check=logger_names_problem, default_text="none"),
+            check=logger_names_problem, default_text="none", changes_result=False),
     Setting("log_options", str, "", "Logger options, KEY=VALUE[,KEY=VALUE] (LOGGER.KEY=VALUE for one of several "
             "loggers); each key one the logger declares (lspt list loggers).", flags=("--log-opt",),
-            check=lambda value: _log_options_problem(value), default_text="none"),
+            check=lambda value: _log_options_problem(value), default_text="none", changes_result=False),
     Setting("augment", bool, True, "Training augmentation (FGVC/custom crop+flip); --no-augment trains on the eval transform."),
     Setting("compile", bool, False, "torch.compile the prompted forward (compile time reported apart; eager where unavailable)."),
     Setting("grad_checkpointing", bool, False, "Recompute each frozen block in backward: less memory, more time."),
@@ -146,6 +151,7 @@ PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
 CHOICES: dict[str, tuple] = {s.name: s.choices for s in SETTINGS if s.choices is not None}
 TRAIN_RULES: dict[str, Rule] = {s.name: s.rule for s in SETTINGS if s.rule is not None}
 RESUME_MAY_CHANGE: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.resume_may_change)
+RESULT_NEUTRAL: tuple[str, ...] = tuple(s.name for s in SETTINGS if not s.changes_result)
 
 
 class _TrainConfigMethods:

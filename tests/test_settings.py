@@ -151,3 +151,44 @@ def test_dry_run_shows_every_resolved_strategy_option(cli):
     assert doc["strategy_options"]["gate_init"] == 3  # given
     assert {"num_prompts", "temperature", "dropout"} <= set(doc["strategy_options"])  # and not given
     assert "notes" not in doc
+
+
+def test_label_smoothing_reaches_the_loss(cli, tmp_path, monkeypatch):
+    """The setting added to show what a new option costs (one Setting + its use): it reaches the loss."""
+    import torch.nn.functional as F
+
+    from lspt_cli.engine import train
+
+    seen = []  # (label_smoothing, reduction) of every cross-entropy: training steps and evaluation
+    real = F.cross_entropy
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("label_smoothing", 0.0), kwargs.get("reduction", "mean")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train.F, "cross_entropy", spy)
+    result = cli(*TUNE, "--label-smoothing", "0.1", "--epochs", "1", "--warmup-epochs", "0", "--out", str(tmp_path / "r"),
+                 "--json", "-q")
+    assert result.exit_code == 0, result.output
+    assert (0.1, "mean") in seen  # the training loss is smoothed
+    assert {smoothing for smoothing, reduction in seen if reduction == "sum"} == {0.0}  # evaluation's is not
+
+
+def test_a_config_json_without_a_newer_setting_reads_it_at_its_default(tmp_path):
+    """A run (or sweep trial) written before a setting existed trained at the setting's default:
+    config.json without the key resumes, and a sweep does not call the trial changed."""
+    from types import SimpleNamespace
+
+    from lspt_cli import schema
+    from lspt_cli.recipes import resolve_config
+    from lspt_cli.sweep.state import config_mismatch
+
+    config = resolve_config(backbone="vit-tiny", strategy="linear", task="digits", benchmark="custom", registered_recipes=[])
+    doc = config.to_json()
+    del doc["train"]["label_smoothing"]
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    assert schema.run_config(tmp_path / "config.json").train.label_smoothing == 0.0
+    trial = SimpleNamespace(run_dir=tmp_path, config=config)
+    assert config_mismatch(trial) is None
+    config.train.label_smoothing = 0.1
+    assert "label_smoothing 0.0 != 0.1" in config_mismatch(trial)

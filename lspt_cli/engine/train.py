@@ -420,7 +420,7 @@ class Trainer:
                 images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
                 with autocast(self.device, self.amp):
                     logits = self.train_model(images)
-                loss = F.cross_entropy(logits.float(), labels)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
                 sums.add(loss, logits, labels, step_in_epoch)  # on the device: no sync (engine/totals.py)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -54,6 +54,7 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 def config_mismatch(trial: Trial) -> str | None:
     """A difference between the run already in the trial's directory and what the trial asks for."""
     from .. import schema
+    from ..settings import BY_NAME, RESULT_NEUTRAL
 
     try:
         existing = schema.load_json_file(trial.run_dir / CONFIG_NAME, "run config")
@@ -66,10 +67,12 @@ def config_mismatch(trial: Trial) -> str | None:
         if existing.get(key) != wanted.get(key):
             return f"{key} {existing.get(key)!r} != {wanted.get(key)!r}"
     for key, value in wanted["train"].items():
-        if key in ("num_workers", "device", "eval_batch_size", "threads", "loggers"):
-            continue  # do not change the result
-        if existing.get("train", {}).get(key) != value:
-            return f"{key} {existing.get('train', {}).get(key)!r} != {value!r}"
+        if key in RESULT_NEUTRAL:
+            continue  # how the run is carried out, not what it computes
+        # a key an older lspt did not write trained at its default (ResolvedConfig.from_json reads it so)
+        old = existing.get("train", {}).get(key, BY_NAME[key].default if key in BY_NAME else None)
+        if old != value:
+            return f"{key} {old!r} != {value!r}"
     old_strategy = existing.get("strategy_config", {})
     if old_strategy != wanted["strategy_config"]:
         return f"strategy options {old_strategy} != {wanted['strategy_config']}"
