@@ -71,6 +71,7 @@ TARGETS: dict[str, list[str]] = {
     "plugins/strategies/__init__.py": ["tests/test_strategies.py"],
     "plugins/strategies/linear.py": ["tests/test_strategies.py"],
     "plugins/strategies/vpt.py": ["tests/test_strategies.py", "tests/test_trainer.py", "tests/test_explain.py"],
+    "plugins/strategies/parts.py": ["tests/test_strategies.py", "tests/test_trainer.py", "tests/test_explain.py"],
     "plugins/strategies/gapt.py": ["tests/test_strategies.py", "tests/test_trainer.py", "tests/test_explain.py"],
     "plugins/strategies/lspt.py": ["tests/test_strategies.py", "tests/test_trainer.py", "tests/test_explain.py"],
     "lspt_cli/bundle.py": ["tests/test_bundle_mutants.py", "tests/test_bundle.py", "tests/reliability/test_fuzz.py", "tests/reliability/test_bad_inputs.py"],
@@ -120,11 +121,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         ("file=sys.stderr, flush=True)", "True", "False",
          "sys.stderr is line-buffered (Python >= 3.9, tty or not): print's newline flushes it anyway"),
     ],
-    "plugins/strategies/vpt.py": [
-        ("self.training and self.dropout.p > 0", "self.training and self.dropout.p > 0",
-         "((self.training) or (self.dropout.p > 0))",
+    "plugins/strategies/parts.py": [
+        ("training and dropout.p > 0", "training and dropout.p > 0", "((training) or (dropout.p > 0))",
          "nn.Dropout in eval mode is the identity (no RNG drawn): the test only saves a kernel launch"),
-        ("self.training and self.dropout.p > 0", "self.dropout.p > 0", "self.dropout.p >= 0",
+        ("training and dropout.p > 0", "dropout.p > 0", "dropout.p >= 0",
          "dropout with p = 0 returns its input (no RNG drawn): the test only saves a kernel launch"),
     ],
     "lspt_cli/sweep/grid.py": [
@@ -164,8 +164,8 @@ BUGS: list[tuple[str, str, list[tuple[str, str]], list[str]]] = [
     ("training augmentation removed", "lspt_cli/data/transforms.py",
      [("steps += [v2.RandomCrop(input_size), v2.RandomHorizontalFlip()]", "steps += [v2.CenterCrop(input_size)]")],
      ["tests/test_trainer.py"]),
-    ("prompt dropout never applied (VPT-shallow, GaPT, LSPT)", "plugins/strategies/vpt.py",
-     [("            return self.dropout(prompts)\n", "            return prompts\n")], ["tests/test_trainer.py"]),
+    ("prompt dropout never applied (VPT-shallow, GaPT, LSPT)", "plugins/strategies/parts.py",
+     [("        return dropout(prompts)\n", "        return prompts\n")], ["tests/test_trainer.py"]),
     ("the seed does not affect the data order", "lspt_cli/engine/rng.py",
      [("torch.Generator().manual_seed(seed * 100_003 + epoch)", "torch.Generator().manual_seed(epoch)")], TRAINER_TESTS),
     ("DDP ranks all read the same data", "lspt_cli/engine/distributed.py",

@@ -36,7 +36,9 @@ def lspt_register_strategies(register):
     :param register: call ``register(StrategySpec(name, description, factory, defaults, count_params,
         paper))`` once per strategy. ``factory(dims: BackboneDims, **options) -> PromptStrategy``;
         ``defaults`` lists every option (any other ``--set`` key is refused before training);
-        ``count_params(dims, options) -> int`` counts trainable strategy tensors without torch.
+        ``count_params(dims, options) -> int`` counts trainable strategy tensors (head excluded); it runs
+        for `lspt list strategies` and before a build, so a torch-free formula keeps those fast (the
+        built-ins build their module on the meta device instead).
 
     Return nothing. The strategy's interface (``start``/``before_block``/``after_block``/
     ``attention_scales``, 0-based block indices, ``start`` returning a dict of state) is in

@@ -55,7 +55,8 @@ class StrategySpec:
 
     `factory(dims: lspt_cli.prompted.BackboneDims, **config) -> lspt_cli.prompted.PromptStrategy`.
     `defaults` is the paper-default config; `count_params(dims, config) -> int` counts the strategy's
-    trainable tensors (head excluded) without torch, for `lspt list strategies`.
+    trainable tensors (head excluded), for `lspt list strategies` and the memory check before a build
+    (a torch-free formula, or the module built on the meta device as the built-ins do).
     """
 
     name: str
