@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
 
 import torch
 from torch import nn
@@ -34,7 +34,10 @@ __all__ = ["PromptedModel", "MultiTaskModel", "load", "load_many", "wrap", "Imag
 
 # What predict() accepts per image: a file path, encoded bytes, a PIL image, or a CHW tensor that is
 # already preprocessed (the bundle's transform applied); a [B, C, H, W] tensor is a whole batch.
-ImageInput = Union[str, os.PathLike, bytes, "PIL.Image.Image", torch.Tensor]  # noqa: F821
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+ImageInput = Union[str, os.PathLike, bytes, "PILImage", torch.Tensor]
 
 
 class PromptedModel(nn.Module):

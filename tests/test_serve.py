@@ -503,3 +503,13 @@ def test_dry_run_loads_everything_and_shows_the_batch_groups(cli, tmp_path):
     broken.write_bytes(b"junk")
     result = cli("serve", str(broken), "--dry-run")
     assert result.exit_code == 1 and "broken.safetensors" in result.output
+
+
+def test_serve_without_the_extra_names_it(cli, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    result = cli("serve", "x.safetensors")
+    assert result.exit_code == 2 and "needs the 'serve' extra (fastapi missing)" in result.output
+    assert "pip install 'lspt[serve]'" in result.output

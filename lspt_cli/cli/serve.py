@@ -56,14 +56,15 @@ def register(app: typer.Typer) -> None:
         json_: bool = typer.Option(False, "--json", help="With --dry-run: print one JSON document."),
     ):
         """Serve bundles over HTTP: one backbone per weights, requests of all tasks batched together."""
-        try:
-            from ..serve.app import Limits
-            from ..serve.server import ServeOptions, check_exposure, parse_bundle_argument
-            from ..serve.server import serve as run_server
-            import fastapi, multipart, uvicorn  # noqa: F401,E401
-        except ImportError as exc:
-            raise UsageError(f"lspt serve needs the 'serve' extra ({exc.name} is missing)",
-                             hint="pip install 'lspt[serve]'") from None
+        import importlib.util
+
+        missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UsageError(f"lspt serve needs the 'serve' extra ({', '.join(missing)} missing)",
+                             hint="pip install 'lspt[serve]'")
+        from ..serve.app import Limits
+        from ..serve.server import ServeOptions, check_exposure, parse_bundle_argument
+        from ..serve.server import serve as run_server
         if engine not in ("local", "ray"):
             raise UsageError(f"--engine must be local or ray, got {engine!r}")
         if engine == "local" and (replicas != 1 or ray_address):
