@@ -73,28 +73,11 @@ def interface_problem(logger: Any) -> str | None:
 
 
 def parse_options(value: str | None) -> list[tuple[str | None, str, str]]:
-    """"path=a.csv,tensorboard.flush=2" -> [(None, "path", "a.csv"), ("tensorboard", "flush", "2")].
-    Raises ValueError on an item without '=' or an empty key."""
-    out = []
-    for item in (value or "").split(","):
-        if not item.strip():
-            continue
-        key, sep, val = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE or LOGGER.KEY=VALUE, got {item.strip()!r}")
-        name, dot, option = key.rpartition(".")
-        out.append((name if dot else None, option, val.strip()))
-    return out
+    """"path=a.csv,tensorboard.dir=tb" -> [(None, "path", "a.csv"), ("tensorboard", "dir", "tb")]
+    (settings.parse_log_options, the setting's own form check)."""
+    from .settings import parse_log_options
 
-
-def options_problem(value: str) -> str | None:
-    """The form check of the `log_options` setting (torch-free, names unknown until a run)."""
-    try:
-        parse_options(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
+    return parse_log_options(value)
 
 
 def logger_options(value: str | None, specs: list, host=None) -> dict[str, dict[str, str]]:

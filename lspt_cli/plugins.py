@@ -24,6 +24,7 @@ import fnmatch
 import importlib
 import os
 import sys
+import time
 from types import ModuleType, TracebackType
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -53,10 +54,17 @@ class PluginRecord:
     error: str | None = None
     components: dict[str, list[str]] = field(default_factory=dict)
     module: str = ""  # the plugin's package (entry points) or module; code under it is the plugin's
+    dropped: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> name -> why (a name clash)
+    load_seconds: float | None = None  # import + registration, for entry points (`lspt plugins`)
 
     @property
     def label(self) -> str:
         return f"'{self.name}'" + (f" ({self.dist} {self.version})" if self.dist else "")
+
+    @property
+    def described(self) -> str:
+        """"built-in 'strategies'" or "plugin 'acme:x' (acme 1.0)": how messages name it."""
+        return f"built-in '{self.name}'" if self.builtin else f"plugin {self.label}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +74,8 @@ class PluginRecord:
             "builtin": self.builtin,
             "error": self.error,
             "components": self.components,
+            "dropped": self.dropped,
+            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
         }
 
 
@@ -77,6 +87,7 @@ class Registry(Generic[S]):
         self.spec_type = spec_type
         self._specs: dict[str, S] = {}
         self._provider: dict[str, str] = {}
+        self.host: "PluginHost | None" = None  # for "unknown X" errors that name a plugin that failed
 
     def add(self, spec: S, plugin: str) -> None:
         if not isinstance(spec, self.spec_type):
@@ -108,8 +119,13 @@ class Registry(Generic[S]):
         except KeyError:
             pass
         available = sorted(self._specs)
+        records = list(self.host.records.values()) if self.host is not None else []
         close = difflib.get_close_matches(name, available, n=3)
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else None
+        failed = [r for r in records if r.error]
+        if failed:  # it may have come from a plugin that did not load
+            failed_text = "; ".join(f"{r.described} failed: {one_line(r.error)[:200]}" for r in failed[:3])
+            hint = (f"{hint} " if hint else "") + f"({failed_text}; see `lspt plugins`)"
         raise UsageError(f"unknown {self.kind} '{name}'; available: {shorten_list(available, 30)}", hint=hint)
 
     def provider(self, name: str) -> str:
@@ -156,6 +172,8 @@ class PluginHost:
         self.executors: Registry[ExecutorSpec] = Registry("executor", ExecutorSpec)
         self.warnings: list[str] = []
         self.muted: set[str] = set()  # plugins whose event hooks failed once
+        for kind in _REGISTER_HOOKS:
+            self.registry(kind).host = self
 
     # -- loading ---------------------------------------------------------------------------
     def registry(self, kind: str) -> Registry:
@@ -173,11 +191,17 @@ class PluginHost:
         if entry_points is None:
             entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
         selected = _selected_external_plugins()
-        for ep in sorted(entry_points, key=lambda e: (e.dist.name if e.dist else "", e.name)):
+        # built-ins first: on a name clash, the built-in keeps its name and the plugin's component is dropped
+        entry_points = sorted(entry_points, key=lambda e: (not (e.dist and e.dist.name == BUILTIN_DIST),
+                                                           e.dist.name if e.dist else "", e.name))
+        if selected:
+            self._warn_unmatched(selected, entry_points)
+        for ep in entry_points:
             dist = ep.dist.name if ep.dist else ""
             builtin = dist == BUILTIN_DIST
             if not builtin and selected is not None and ep.name not in selected and dist not in selected:
                 continue
+            started = time.perf_counter()
             record = PluginRecord(
                 name=ep.name if builtin else f"{dist}:{ep.name}" if dist else ep.name,
                 dist=dist,
@@ -191,9 +215,23 @@ class PluginHost:
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # a broken plugin (even one calling sys.exit) never takes the CLI down
+                record.load_seconds = time.perf_counter() - started
                 self._fail(record, f"import failed: {describe(exc)}")
                 continue
             self.add_plugin(module, record)
+            record.load_seconds = time.perf_counter() - started
+
+    def _warn_unmatched(self, selected: set[str], entry_points: list) -> None:
+        """LSPT_LOAD_PLUGINS names that match no installed external plugin: one warning each."""
+        known = sorted({n for ep in entry_points if not (ep.dist and ep.dist.name == BUILTIN_DIST)
+                        for n in (ep.name, ep.dist.name if ep.dist else ep.name)})
+        for name in sorted(selected - set(known)):
+            close = difflib.get_close_matches(name, known, n=2)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else \
+                f" (installed: {shorten_list(known, 10)})" if known else " (no external plugin is installed)"
+            warning = f"Warning: {one_line(f'LSPT_LOAD_PLUGINS names {name!r}, which matches no installed plugin{hint}')}"
+            self.warnings.append(warning)
+            print(warning, file=sys.stderr)
 
     def add_plugin(self, plugin: object, record: PluginRecord | str) -> PluginRecord:
         """Register a plugin object (module or instance) and collect its components."""
@@ -220,7 +258,17 @@ class PluginHost:
                         f"plugin '{record.name}' called register() with {type(spec).__name__}; "
                         f"expected a lspt_cli.specs.*Spec"
                     )
-                self.registry(_kind).add(spec, record.name)
+                registry = self.registry(_kind)
+                name = getattr(spec, "name", None)
+                if isinstance(spec, registry.spec_type) and isinstance(name, str) and name in registry:
+                    # a name clash drops only the clashing component, and says so (the rest of the plugin loads)
+                    first = self.record_of(registry.provider(name))
+                    why = (f"{_kind} '{name}' is registered twice: by {first.described} and by "
+                           f"{record.described}; the second was dropped")
+                    record.dropped.setdefault(_kind, {})[name] = why
+                    self._fail(record, why, outcome="lost a component")
+                    return
+                registry.add(spec, record.name)
                 _registered.append(spec.name)
 
             try:
@@ -249,8 +297,8 @@ class PluginHost:
         record.error = message if record.error is None else f"{record.error}; {message}"
         self.records[record.name] = record
         if _strict():
-            raise PluginError(f"plugin {record.label}: {message}", hint="unset LSPT_STRICT_PLUGINS to skip broken plugins")
-        warning = f"Warning: {one_line(f'plugin {record.label} {outcome}: {message}')}"
+            raise PluginError(f"{record.described}: {message}", hint="unset LSPT_STRICT_PLUGINS to skip broken plugins")
+        warning = f"Warning: {one_line(f'{record.described} {outcome}: {message}')}"
         self.warnings.append(warning)
         print(warning, file=sys.stderr)
 

@@ -78,10 +78,30 @@ def logger_names_problem(value: str) -> str | None:
     return f"must be logger names separated by commas (lspt list loggers), got {value!r}"
 
 
-def _log_options_problem(value: str) -> str | None:
-    from .loggers import options_problem
+def parse_log_options(value: str | None) -> list[tuple[str | None, str, str]]:
+    """`log_options` ("path=a.csv,tensorboard.dir=tb") -> [(None, "path", "a.csv"), ("tensorboard", "dir", "tb")].
+    ValueError for an item without '=' or with an empty key (lspt_cli/loggers.py checks the keys)."""
+    out = []
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, val = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE or LOGGER.KEY=VALUE, got {item.strip()!r}")
+        name, dot, option = key.rpartition(".")
+        if dot and not (name and option):
+            raise ValueError(f"expected KEY=VALUE or LOGGER.KEY=VALUE, got {item.strip()!r}")
+        out.append((name if dot else None, option, val.strip()))
+    return out
 
-    return options_problem(value)
+
+def _log_options_problem(value: str) -> str | None:
+    try:
+        parse_log_options(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def one_of(allowed) -> str:

@@ -10,6 +10,8 @@ import typer
 from ..errors import LsptError, UsageError
 from .output import complete_from, err, out, print_json, safe
 
+SLOW_IMPORT_S = 0.5  # a plugin that takes longer to load is named by `lspt plugins`
+
 
 def register(app: typer.Typer) -> None:
     plugins_app = typer.Typer(
@@ -29,6 +31,12 @@ def register(app: typer.Typer) -> None:
         from ..plugins import get_host
 
         records = sorted(get_host().records.values(), key=lambda r: (not r.builtin, r.name))
+        for r in records:  # a slow import delays every command, --help and completion included
+            if r.load_seconds is not None and r.load_seconds > SLOW_IMPORT_S:
+                err.print(f"Warning: {r.described} took {r.load_seconds:.1f} s to load, and every lspt command "
+                          f"(--help too) waits for it", markup=False, highlight=False)
+                err.print("Hint: import heavy modules inside its factories, not at the top of its module",
+                          markup=False, highlight=False)
         if json_:
             print_json([r.to_json() for r in records])
             return
@@ -36,9 +44,12 @@ def register(app: typer.Typer) -> None:
         for r in records:
             origin = f"{r.dist} {r.version}".strip() or "registered in-process"
             status = f"[red]failed: {safe(r.error)}[/]" if r.error else "ok"
-            out.print(f"[bold]{safe(r.name)}[/]  ({safe(origin)}{', built-in' if r.builtin else ''}): {status}")
+            took = f", loaded in {r.load_seconds:.2f} s" if r.load_seconds is not None else ""
+            out.print(f"[bold]{safe(r.name)}[/]  ({safe(origin)}{', built-in' if r.builtin else ''}{took}): {status}")
             for kind, names in r.components.items():
                 out.print(f"  {kind}: {safe(', '.join(names))}")
+            for kind, names in r.dropped.items():
+                out.print(f"  {kind} dropped: {safe(', '.join(names))}")
 
     @plugins_app.command("check")
     def check(
