@@ -89,6 +89,8 @@ class Registry:
             info = header.backbone
             key = (info.get("name") or "", info.get("fingerprint") or "")
             shared = self._backbones.get(key)
+            if shared is None and not key[1]:  # a bundle without a recorded fingerprint: any backbone of its name
+                shared = next((b for (n, _), b in self._backbones.items() if n == key[0]), None)
             weights = self.weights.get(key[0], self.weights.get(None))
             model = api.load(path, weights, device=self.device, backbone=shared)
             backbone = model.model.backbone
@@ -120,8 +122,9 @@ class Registry:
 
     # -- the watched directory ----------------------------------------------------------------------
     def scan(self, directory: Path) -> dict[str, list[str]]:
-        """Bring the watched tasks in line with `directory`'s *.safetensors files (one level, no links
-        followed out of it): new files load, changed ones reload, removed ones stop being served.
+        """Bring the watched tasks in line with `directory`'s *.safetensors files (one level; a symlink
+        the server's operator put there is followed): new files load, changed ones reload, removed
+        ones stop being served.
         A file that does not load is reported once per version and retried when it changes."""
         report: dict[str, list[str]] = {"added": [], "reloaded": [], "removed": [], "failed": []}
         try:
