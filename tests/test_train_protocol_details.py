@@ -172,8 +172,8 @@ class Watch:
 
             return batches()
 
-        def cross_entropy(logits, labels):
-            loss = F.cross_entropy(logits, labels)
+        def cross_entropy(logits, labels, **kwargs):
+            loss = F.cross_entropy(logits, labels, **kwargs)
             named = [(n, p) for n, p in watch.trainer.model.named_parameters() if p.requires_grad]
             found = torch.autograd.grad(loss, [p for _, p in named], retain_graph=True) if grads else [None] * len(named)
             watch.steps.append({"loss": loss.item(), "n": labels.numel(),

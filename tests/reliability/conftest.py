@@ -52,6 +52,9 @@ def tally(request) -> Tally:
 # -- subprocesses -----------------------------------------------------------------------------------
 def lspt_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LSPT_", "PYTEST_"))}
+    # the CPU's bf16 answer stays the suite's (tests/conftest.py): a subprocess run and an in-process
+    # reference must compute in the same precision, whatever this machine's CPU offers
+    env.update(LSPT_CPU_BF16=os.environ.get("LSPT_CPU_BF16", "0"))
     env.update(LSPT_HOME=str(home), LSPT_LOAD_PLUGINS="", NO_COLOR="1", LSPT_NO_PROGRESS="1",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra)
