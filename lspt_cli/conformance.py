@@ -236,11 +236,13 @@ def _resume_check(model, images, labels) -> str:
         return losses
 
     whole = model(seed=0)
+    initial = {k: v.detach().clone() for k, v in whole.trainable_state_dict().items()}
     opt = optimizer_of(whole)
     steps(whole, opt, 100)
     after = steps(whole, opt, 200)
 
     first = model(seed=0)
+    first.load_trainable_state_dict(initial)  # the same start (an unseeded init is another check's business)
     opt = optimizer_of(first)
     steps(first, opt, 100)
     tensors = {k: v.detach().clone() for k, v in first.trainable_state_dict().items()}

@@ -274,7 +274,7 @@ def test_plugins_check_cli_names_the_tensor_and_exits_1():
     assert text.exit_code == 1
     fail_lines = [l for l in text.stdout.splitlines() if l.startswith("FAIL")]
     assert len(fail_lines) == 1 and "gradients" in fail_lines[0] and "strategy.bias" in fail_lines[0] and "(fix:" in fail_lines[0]
-    assert sum(l.startswith("OK") for l in text.stdout.splitlines()) == 5 + 7  # the rest of deadbias, all of vpt-deep
+    assert sum(l.startswith("OK") for l in text.stdout.splitlines()) == 6 + 8  # the rest of deadbias, all of vpt-deep
     assert sum(l.startswith("SKIP") for l in text.stdout.splitlines()) == 1  # its count_params is not set
     assert text.stderr.strip().splitlines()[0] == "Error: 1 check(s) failed: strategy deadbias: gradients"
     assert doc.exit_code == 1 and doc.json["ok"] is False and doc.json["failed"] == ["strategy deadbias: gradients"]
@@ -413,7 +413,8 @@ def test_example_plugin_tests_pass_with_lspt_cli_testing(tmp_path):
     assert "lspt_cli.testing" in (EXAMPLE / "tests" / "conftest.py").read_text()
 
 
-@pytest.mark.parametrize("kind, component", [("dataset", "toy-stripes"), ("backbone", "tiny-vit")])
+@pytest.mark.parametrize("kind, component", [("dataset", "toy-stripes"), ("backbone", "tiny-vit"), ("logger", "csv-log"),
+                                             ("executor", "one-by-one")])
 def test_scaffold_kinds_pass_the_checks(tmp_path, kind, component):
     import importlib
 
@@ -463,7 +464,7 @@ def test_generated_strategy_plugin_installs_passes_its_tests_and_the_check(tmp_p
                         env={"LSPT_LOAD_PLUGINS": "lspt-kit-prompts"})
         assert check.exit_code == 0, check.stdout + check.stderr
         assert [c["name"] for c in check.json["components"]] == ["kit-prompts"]
-        assert len(check.json["components"][0]["checks"]) == 7 and check.json["ok"]
+        assert len(check.json["components"][0]["checks"]) == 8 and check.json["ok"]
     finally:
         subprocess.run([*pip, "uninstall", "--yes", "--quiet", "lspt-kit-prompts"], check=True, capture_output=True)
 
@@ -510,3 +511,39 @@ def test_a_bundle_whose_header_is_640_bytes_loads(tmp_path):
         pytest.fail("no padding gave a 640-byte header")
     assert path.read_bytes()[:2] == b"\x80\x02"
     assert bundle.load(path).header.task["name"] == "t" * pad
+
+
+def test_scaffold_strategy_casts_its_prompts_to_the_tokens_dtype(tmp_path, tiny_backbone):
+    """Under --amp the tokens are bf16 and the parameters fp32: the built-ins cast (prompts.to(x.dtype)),
+    and so does the scaffold, or torch.cat would fail (or promote the tokens) at block 0."""
+    import importlib
+
+    import torch
+
+    assert run_cli("plugins", "new", "cast-check", "--kind", "strategy", "--dir", str(tmp_path)).exit_code == 0
+    sys.path.insert(0, str(tmp_path / "lspt-cast-check"))
+    try:
+        module = importlib.import_module("lspt_cast_check.strategy")
+        strategy = module.CastCheck(tiny_backbone.dims, num_prompts=2)
+        x = tiny_backbone.embed(torch.zeros(2, 3, 32, 32)).to(torch.bfloat16)
+        out = strategy.before_block(0, x, strategy.start(x))
+    finally:
+        sys.path.remove(str(tmp_path / "lspt-cast-check"))
+        for name in [m for m in sys.modules if m.startswith("lspt_cast_check")]:
+            sys.modules.pop(name)
+    assert out.dtype == torch.bfloat16 and out.shape[1] == x.shape[1] + 2
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("installed-plugins")  # pip-installs into a target dir; its pytest loads it
+@pytest.mark.parametrize("kind, component, passed", [("logger", "kit-csv", 3), ("executor", "kit-serial", 4)])
+def test_generated_logger_and_executor_plugins_pass_their_own_tests(tmp_path, kind, component, passed):
+    """`lspt plugins new --kind logger|executor`, unchanged: installed, its own pytest passes (which runs
+    the conformance checks: a logger across a resume, an executor's sweep against local)."""
+    assert run_cli("plugins", "new", component, "--kind", kind, "--dir", str(tmp_path)).exit_code == 0
+    pkg, site = tmp_path / f"lspt-{component}", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(pkg)], check=True, capture_output=True)
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=pkg,
+                           env=_pytest_env(PYTHONPATH=str(site)), capture_output=True, text=True)
+    assert tests.returncode == 0 and re.search(rf"\b{passed} passed\b", tests.stdout), tests.stdout[-3000:]

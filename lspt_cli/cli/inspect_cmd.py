@@ -23,10 +23,14 @@ def register(app: typer.Typer) -> None:
 
         header = read_header(bundle)
         doc = header.to_json()
+        # Parameters are the floating-point tensors; a bool mask or an integer counter (a buffer) is not one.
+        doc["num_parameters"] = sum(_numel(info["shape"]) for info in doc["tensors"].values() if _is_float(info["dtype"]))
+        doc["num_buffer_values"] = sum(_numel(info["shape"]) for info in doc["tensors"].values() if not _is_float(info["dtype"]))
         if json_:
             print_json(doc)
             return
-        out.print(f"[bold]{safe(header.path)}[/]  ({header.file_size:,} bytes, {doc['num_parameters']:,} parameters)")
+        buffers = f", {doc['num_buffer_values']:,} buffer values" if doc["num_buffer_values"] else ""
+        out.print(f"[bold]{safe(header.path)}[/]  ({header.file_size:,} bytes, {doc['num_parameters']:,} parameters{buffers})")
         meta = Table("key", "value", show_header=False)
         meta.columns[0].no_wrap = True
         meta.columns[1].overflow = "fold"  # a fingerprint is one long word: fold it, never cut it
@@ -38,3 +42,15 @@ def register(app: typer.Typer) -> None:
         for name, info in doc["tensors"].items():
             tensors.add_row(safe(name), safe(info["dtype"]), safe("x".join(map(str, info["shape"])) or "scalar"))
         out.print(tensors)
+
+
+def _is_float(dtype: object) -> bool:
+    """safetensors' F16, BF16, F32, F64, F8_E4M3, ...: the dtypes of learned parameters."""
+    return isinstance(dtype, str) and (dtype.startswith("F") or dtype == "BF16")
+
+
+def _numel(shape) -> int:
+    n = 1
+    for dim in shape or []:
+        n *= int(dim)
+    return n

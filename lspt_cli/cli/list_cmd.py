@@ -51,6 +51,8 @@ def rows_for(kind: str, pattern: str | None = None) -> list[dict]:
             row.update(extra=spec.extra, installed=requirements_installed(spec))
             if kind == "executors":  # each option's help, type, bounds or choices, default
                 row["options"] = {key: _option_row(spec.option(key)) for key in spec.options}
+            else:  # a logger's options: key -> help (--log-opt KEY=VALUE, values are strings)
+                row["options"] = {key: str(help_) for key, help_ in (spec.options or {}).items()}
         rows.append(row)
     return rows
 
@@ -81,6 +83,8 @@ def register(app: typer.Typer) -> None:
             table.add_column("needs")
         if kind == Kind.executors:
             table.add_column("options (--executor-opt KEY=VALUE)")
+        if kind == Kind.loggers:
+            table.add_column("options (--log-opt NAME.KEY=VALUE)")
         for row in rows:
             cells = [safe(row["name"]), safe(row["description"])]
             if kind == Kind.backbones:
@@ -90,6 +94,8 @@ def register(app: typer.Typer) -> None:
                 cells.append(safe(needs + ("" if row["installed"] else " (not installed)")))
             if kind == Kind.executors:
                 cells.append("\n".join(safe(_option_text(k, o)) for k, o in row["options"].items()) or "-")
+            if kind == Kind.loggers:
+                cells.append("\n".join(safe(f"{k}: {h}") for k, h in row["options"].items()) or "-")
             if kind == Kind.strategies:
                 cells.append(f"{row['params_vitb16']:,}" if row["params_vitb16"] is not None else "?")
                 cells.append(safe(", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in row["defaults"].items()) or "-"))

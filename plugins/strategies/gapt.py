@@ -74,7 +74,7 @@ class GaPT(PromptStrategy):
 
     Args:
         dims: the backbone's shapes.
-        num_prompts: Np, the prompt tokens inserted before block 1 (an integer >= 0).
+        num_prompts: Np, the prompt tokens inserted before the first block (index 0; an integer >= 0).
         gate_init: gamma_l starts at -gate_init (a finite number; large = gates almost closed).
         temperature: learn a per-block attention temperature tau_l (true/false).
         dropout: prompt dropout at insertion, in [0, 1).

@@ -43,7 +43,7 @@ STRATEGIES = (
     {
         "name": "vpt-shallow",
         "class": "VPTShallow",
-        "description": "VPT-shallow: prompts inserted once before block 1.",
+        "description": "VPT-shallow: prompts inserted once, before the first block (block 0).",
         "defaults": {"num_prompts": 100, "dropout": 0.0},
         "paper": "Jia et al., Visual Prompt Tuning, ECCV 2022 (arXiv:2203.12119)",
     },
@@ -58,7 +58,7 @@ STRATEGIES = (
 
 
 class VPTShallow(PromptStrategy):
-    """VPT-shallow: Np prompts inserted once before block 1 (trainable: Np * D).
+    """VPT-shallow: Np prompts inserted once, before the first block (index 0; trainable: Np * D).
 
     Args:
         dims: the backbone's shapes.
