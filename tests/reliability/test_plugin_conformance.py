@@ -521,3 +521,49 @@ def test_unknown_names_mention_a_plugin_that_failed_to_load(tmp_path, tally):
     assert "plugin 'acme-broken:plugin' (acme-broken 0.1.0) failed: import failed: RuntimeError: cannot import my deps" \
         in hints[0], result.stderr
     tally.bad_input("an unknown strategy while a plugin failed to load")
+
+
+# -- every built-in logger and executor passes --------------------------------------------------------
+def _builtin(kind: str) -> list[str]:
+    from lspt_cli import plugins
+
+    try:
+        return plugins.get_host().registry(kind).names()
+    finally:
+        plugins.reset_host()
+
+
+# what a check needs on a machine without a cluster; ray starts a local one (slow, so marked)
+BUILTIN_OPTIONS = {"slurm": {"cluster": "local"}}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "ray" else n
+                                  for n in _builtin("logger") + _builtin("executor")])
+def test_every_builtin_logger_and_executor_passes_the_checks(name):
+    report = run_check(name, options=BUILTIN_OPTIONS.get(name))
+    assert report.ok, "\n".join(report.lines())
+    installed = all(r.status == "ok" for r in report.results)
+    assert installed or [r.status for r in report.results] == ["skip"] * len(report.results), "\n".join(report.lines())
+
+
+def test_inspect_counts_a_bool_buffer_apart_from_the_parameters(tmp_path, tally):
+    import torch
+
+    from lspt_cli import bundle
+
+    meta = bundle.make_metadata(backbone={"name": "vit-tiny", "fingerprint": "x"}, strategy={"name": "linear", "config": {}},
+                                task={"name": "t", "classes": ["a", "b"], "benchmark": "custom"}, data_config={})
+    bundle.save(tmp_path / "b.safetensors", {"strategy.mask": torch.ones(5, dtype=torch.bool),
+                                             "strategy.count": torch.zeros((), dtype=torch.int64),
+                                             "head.weight": torch.zeros(2, 3), "head.bias": torch.zeros(2)}, meta)
+    doc = run_cli("inspect", str(tmp_path / "b.safetensors"), "--json").json
+    assert doc["num_parameters"] == 8 and doc["num_buffer_values"] == 6
+    text = run_cli("inspect", str(tmp_path / "b.safetensors")).stdout
+    assert "8 parameters, 6 buffer values" in text.replace("\n", " ")
+    tally.bad_input("inspect of a bundle with a bool buffer")
+
+
+def test_strategy_descriptions_count_blocks_from_0():
+    """docs/plugins.md: block indices are 0-based; `lspt list strategies` must not say "block 1"."""
+    rows = run_cli("list", "strategies", "--json").json
+    assert not [r["name"] for r in rows if re.search(r"\bblock [1-9]", r["description"])]
