@@ -66,3 +66,60 @@ def strict(obj: Any) -> Any:
 def json_text(obj: Any, indent: int | None = 2) -> str:
     """Strict JSON (RFC 8259): NaN/±Infinity -> null, unknown types -> str."""
     return json.dumps(strict(obj), indent=indent, default=str, allow_nan=False)
+
+
+# -- errors that crossed a process boundary (DataLoader workers, Ray workers, submitit jobs) --------
+_TRACEBACK_HEAD = "Traceback (most recent call last):"
+
+
+def debug_enabled() -> bool:
+    """LSPT_DEBUG=1: full tracebacks instead of one-line errors."""
+    import os
+
+    return os.environ.get("LSPT_DEBUG", "") not in ("", "0")
+
+
+def last_exception(text: str) -> tuple[str, str] | None:
+    """(type name, message) of the last exception in a Python traceback text (as another process
+    formatted it: torch's "Original Traceback", Ray's task error, submitit's job trace), or None when
+    the text holds no traceback. The type name loses its module ("lspt_cli.errors.DataError" -> "DataError")."""
+    lines = str(text).splitlines()
+    starts = [i for i, line in enumerate(lines) if line.rstrip().endswith(_TRACEBACK_HEAD)]
+    if not starts:
+        return None
+    rest = lines[starts[-1] + 1:]
+    i = 0
+    while i < len(rest) and (not rest[i].strip() or rest[i][:1].isspace()):  # frames, code, ^^^ markers
+        i += 1
+    tail = []
+    for line in rest[i:]:
+        if tail and (set(line.strip()) == {"-"} or line.startswith("You can check full logs")):  # submitit's frame
+            break
+        tail.append(line)
+    if not tail:
+        return None
+    head, sep, message = tail[0].partition(": ")
+    if " " in head.strip() or not head.strip():  # not "Type: message"
+        return None
+    message = "\n".join([message] + tail[1:]).strip() if sep else "\n".join(tail[1:]).strip()
+    return head.strip().rsplit(".", 1)[-1], message
+
+
+def process_error_line(text: str) -> str:
+    """What a failed process's output comes down to, on one line: its last `Error:` line (lspt's own
+    report, with its `Hint:`), else the last exception of a traceback as "Type: message", else its last
+    non-empty line. With LSPT_DEBUG=1 the text is returned whole."""
+    text = str(text)
+    if debug_enabled():
+        return text.strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [i for i, line in enumerate(lines) if line.startswith("Error:")]
+    if errors:
+        i = errors[-1]
+        hint = lines[i + 1] if i + 1 < len(lines) and lines[i + 1].startswith("Hint:") else ""
+        return one_line(lines[i][len("Error:"):].strip() + (f" ({hint[len('Hint:'):].strip()})" if hint else ""))
+    found = last_exception(text)
+    if found is not None:
+        kind, message = found
+        return one_line(f"{kind}: {message}" if message else kind)
+    return one_line(lines[-1]) if lines else ""

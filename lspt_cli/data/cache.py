@@ -102,6 +102,73 @@ def read_row(array, offset: int, h: int, w: int):
     return array[offset : offset + h * w * 3].reshape(h, w, 3)
 
 
+# -- errors raised in a DataLoader worker ------------------------------------------------------------
+# torch re-raises a worker's exception in the main process as `type(exc)(text)`, the text being
+# "Caught X in DataLoader worker process N. Original Traceback ...": the worker's whole stack in the
+# message, the hint lost. `carried` (worker side) folds an LsptError's hint into its message;
+# `worker_errors_reduced` (main side) brings the error back to its own message and hint.
+_HINT_MARK = "\n[lspt hint] "
+
+
+def carried(getitem):
+    """Decorate a Dataset's __getitem__: in a worker process, an LsptError keeps its hint across."""
+    import functools
+
+    from ..errors import LsptError
+
+    @functools.wraps(getitem)
+    def wrapper(self, index):
+        try:
+            return getitem(self, index)
+        except LsptError as exc:
+            import torch.utils.data
+
+            from ..messages import debug_enabled
+
+            if exc.hint and torch.utils.data.get_worker_info() is not None and not debug_enabled():
+                raise type(exc)(f"{exc.message}{_HINT_MARK}{exc.hint}") from None
+            raise
+
+    return wrapper
+
+
+def from_worker(exc: BaseException) -> BaseException | None:
+    """The exception a DataLoader worker raised, as that worker raised it (its message and hint, no
+    stack), for one torch re-raised in the main process; None for any other (or with LSPT_DEBUG=1)."""
+    from ..errors import LsptError
+    from ..messages import debug_enabled, last_exception
+
+    text = exc.message if isinstance(exc, LsptError) else str(exc)
+    if "in DataLoader worker process" not in str(text) or debug_enabled():
+        return None
+    found = last_exception(text)
+    if found is None:
+        return None
+    kind, message = found
+    if isinstance(exc, LsptError):
+        message, _, hint = message.partition(_HINT_MARK.strip("\n"))
+        try:
+            return type(exc)(message.strip(), hint=hint.strip() or None)
+        except TypeError:
+            return LsptError(message.strip(), hint=hint.strip() or None)
+    try:
+        clean = type(exc)(message)
+    except Exception:  # noqa: BLE001  (an exception type that takes other arguments)
+        return RuntimeError(f"{kind}: {message}")
+    return clean if str(clean) else RuntimeError(kind)
+
+
+def worker_errors_reduced(iterator):
+    """Iterate a DataLoader's iterator; a worker's error is raised as the worker raised it (from_worker)."""
+    try:
+        yield from iterator
+    except Exception as exc:
+        clean = from_worker(exc)
+        if clean is None:
+            raise
+        raise clean from None
+
+
 class _DecodeForCache:
     """A map-style dataset: row i -> (i, the resized image as uint8 HxWx3 bytes, (h, w))."""
 
@@ -112,6 +179,7 @@ class _DecodeForCache:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @carried
     def __getitem__(self, i: int):
         import numpy as np
 
@@ -154,7 +222,7 @@ def build_cache(
     position = 0
     with atomic.atomic_path(data) as tmp:
         with open(tmp, "wb") as fh:
-            for done, (i, raw, (h, w)) in enumerate(loader, 1):
+            for done, (i, raw, (h, w)) in enumerate(worker_errors_reduced(iter(loader)), 1):
                 fh.write(raw)
                 offsets[i], hw[i] = position, [h, w]
                 position += len(raw)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from .cache import find_cache
+from .cache import carried, find_cache, worker_errors_reduced
 from .images import load_image
 from .manifest import Manifest
 from .transforms import check_style, resize_transform, tensor_transform, transform_style
@@ -129,6 +129,7 @@ class TaskDataset(Dataset):
     def labels(self) -> list[int]:
         return [label for _, label in self.items]
 
+    @carried
     def __getitem__(self, index: int):
         from torchvision import tv_tensors
 
@@ -217,6 +218,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return g
 
 
+class TaskLoader(DataLoader):
+    """A DataLoader whose workers' errors arrive as the worker raised them: one message (and hint),
+    not the worker's stack in the message (cache.worker_errors_reduced; LSPT_DEBUG=1 keeps it)."""
+
+    def __iter__(self):
+        return worker_errors_reduced(super().__iter__())
+
+
 def build_loader(
     manifest: Manifest,
     split: str,
@@ -248,7 +257,7 @@ def build_loader(
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(persistent_workers=False, prefetch_factor=4)
-    return DataLoader(
+    return TaskLoader(
         dataset,
         batch_size=batch_size,
         shuffle=bool(shuffle) if sampler is None else False,

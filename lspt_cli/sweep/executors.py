@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from .. import schema
 from ..errors import LsptError
+from ..messages import debug_enabled, one_line, process_error_line
 from ..rundir import clear_run_files
 from .grid import STDERR_TAIL, Trial, run_state
 from .state import claim, read_summary
@@ -51,8 +52,9 @@ def run_in_process(trial: Trial, host) -> tuple[str, dict | None, str | None]:
     except LsptError as exc:
         return "failed", None, exc.message + (f" ({exc.hint})" if exc.hint else "")
     except Exception as exc:  # noqa: BLE001  (a crashing trial must not stop the sweep)
-        tail = traceback.format_exc()[-STDERR_TAIL:]
-        return "failed", None, f"{type(exc).__name__}: {exc}\n{tail}"
+        if debug_enabled():  # the stack only with LSPT_DEBUG=1; else the one line of the error
+            return "failed", None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-STDERR_TAIL:]}"
+        return "failed", None, one_line(f"{type(exc).__name__}: {exc}")
     return ("resumed" if state == "partial" else "ran"), summary, None
 
 
@@ -106,8 +108,8 @@ def _claimed_run(job: dict[str, Any], launch) -> tuple[str, dict | None, str | N
     if code == 130:
         return "failed", None, "interrupted (exit code 130)"
     summary = read_summary(run_dir)
-    if code != 0 or summary is None:
-        return "failed", None, f"exit code {code}: {output.strip()[-STDERR_TAIL:]}"
+    if code != 0 or summary is None:  # its Error: line (or the last exception of a crash), not its stack
+        return "failed", None, f"exit code {code}: {process_error_line(output[-STDERR_TAIL:])}"
     return ("resumed" if state == "partial" else "ran"), summary, None
 
 

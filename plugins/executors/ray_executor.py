@@ -51,7 +51,7 @@ class RayExecutor:
                     try:
                         result = tuple(ray.get(ref))
                     except ray.exceptions.RayError as exc:  # retries exhausted: the trial failed
-                        result = ("failed", None, f"Ray task failed: {type(exc).__name__}: {str(exc)[-2000:]}")
+                        result = ("failed", None, f"Ray task failed: {ray_error_line(exc)}")
                     yield (trial, *result)
         finally:
             for ref in refs:
@@ -107,6 +107,20 @@ def _gcs_handshake(target: str, timeout: float, address: str, total: float, hint
                         f"{total:g} s (not a Ray GCS port, or the cluster is hung)", hint=hint) from None
     finally:
         channel.close()
+
+
+def ray_error_line(exc: BaseException) -> str:
+    """A Ray task's failure in one line: the exception the task raised ("ValueError: boom", not Ray's
+    rendering of the worker's stack), or what happened to its worker. LSPT_DEBUG=1: all of it."""
+    from lspt_cli.messages import debug_enabled, one_line, process_error_line
+
+    if debug_enabled():
+        return f"{type(exc).__name__}: {str(exc)[-4000:]}"
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, BaseException):
+        text = str(cause)
+        return one_line(f"{type(cause).__name__}: {process_error_line(text) if 'Traceback' in text else text}")
+    return one_line(f"{type(exc).__name__}: {process_error_line(str(exc))}")
 
 
 def _first_line(exc: BaseException) -> str:

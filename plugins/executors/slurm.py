@@ -118,5 +118,12 @@ def _result(job) -> tuple:
     try:
         return tuple(job.result())
     except Exception as exc:  # noqa: BLE001  (submitit's FailedJobError, UncompletedJobError, ...)
-        text = str(exc).strip()[-2000:]
-        return "failed", None, f"SLURM job {job.job_id} failed: {type(exc).__name__}: {text}"
+        from lspt_cli.messages import debug_enabled, process_error_line
+
+        if debug_enabled():
+            return "failed", None, f"SLURM job {job.job_id} failed: {type(exc).__name__}: {str(exc).strip()[-4000:]}"
+        try:
+            logs = f" (log: {job.paths.stderr})"
+        except Exception:  # noqa: BLE001
+            logs = ""
+        return "failed", None, f"SLURM job {job.job_id} failed: {process_error_line(str(exc))}{logs}"
