@@ -99,18 +99,24 @@ _INTERRUPTED = threading.Event()
 
 @contextlib.contextmanager
 def _interruptible():
-    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: checked again before every
-    write (the DataLoader's worker shutdown can swallow the exception itself)."""
+    """Ctrl-C only sets a flag, which the work loops check (after every image verified or cached,
+    while waiting for another process's lock, before every write) and which then raise
+    KeyboardInterrupt from ordinary code. The handler itself never raises: an exception raised from
+    a signal handler lands wherever the main thread happens to be (inside logging's fork lock, a
+    DataLoader starting its workers: "Exception ignored in: <function _releaseLock>"). A second
+    Ctrl-C, for a step that checks no flag (a plugin's slow `prepare`), interrupts the usual way."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _INTERRUPTED.clear()
+    previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum, frame):
+        if _INTERRUPTED.is_set():  # the second Ctrl-C: back to Python's own handler, for the next one
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         _INTERRUPTED.set()
-        raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         yield
     finally:
@@ -120,6 +126,10 @@ def _interruptible():
 def _check_interrupted() -> None:
     if _INTERRUPTED.is_set():
         raise KeyboardInterrupt
+
+
+def _interrupted() -> bool:
+    return _INTERRUPTED.is_set()
 
 
 def _run_prepare(
@@ -280,12 +290,16 @@ def _verify(manifest, workers: int, show_progress: bool) -> dict[str, Any]:
     paths = [manifest.image_path(k) for k in keys]
     progress = _progress_callback(f"verifying {manifest.task}", show_progress)
     corrupt = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
         for done, (path, reason) in enumerate(zip(paths, pool.map(check_image, paths)), 1):
+            _check_interrupted()  # Ctrl-C: stop here, not after every image queued
             if reason is not None:
                 corrupt.append((str(path), reason))
             if progress:
                 progress(done, len(paths))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return {"checked": len(paths), "corrupt": corrupt}
 
 

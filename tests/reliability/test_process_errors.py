@@ -157,3 +157,65 @@ def test_a_trial_process_output_comes_down_to_one_line(output, expected, monkeyp
     monkeypatch.delenv("LSPT_DEBUG", raising=False)
     assert process_error_line(output) == expected
     tally.fault(f"a failed trial process's output reduced to one line ({expected.split(':')[0]})")
+
+
+# -- Ctrl-C during prepare-data --cache: a flag, never an exception raised from the handler ----------------
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("sigint") / "imgs"
+    for c in "ab":
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(150):
+            Image.new("RGB", (300, 200), (i, 0, 0)).save(root / "train" / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("workers,delay", [("2", 0.0), ("2", 0.003), ("2", 0.02), ("2", 0.2), ("1", 0.0), ("0", 0.05)])
+def test_ctrl_c_to_the_process_group_during_prepare_data_cache(tmp_path, many_images, workers, delay, tally):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (the DataLoader workers get it
+    too), at moments from "the workers are being forked" to "mid-cache": exit 130, one line, nothing
+    printed by Python about an exception ignored in a finaliser, and nothing that looks complete."""
+    home = tmp_path / "home"
+    task_dir = home / "data" / "tasks" / "big"
+    proc = subprocess.Popen(lspt_cmd("prepare-data", "imagefolder", "--root", str(many_images), "--name", "big",
+                                     "--cache", "-j", workers), env=lspt_env(home), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(task_dir.glob(".cache-*.tmp")):
+            assert proc.poll() is None, f"prepare-data ended before caching: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the cache never started"
+            time.sleep(0.001)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        signalled = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Exception ignored" not in err and "Traceback" not in err and "_releaseLock" not in err, err
+    assert err.strip().splitlines() == ["Interrupted: no manifest or cache was completed by this run"], err
+    assert time.monotonic() - signalled < 30
+    assert not (task_dir / "manifest.json").exists()
+    assert not list(task_dir.glob("cache-*.json")), "a cache index (a usable-looking cache) was written"
+    assert not list(task_dir.glob("*.tmp")) and not list(task_dir.glob(".*.tmp")), "temp files left"
+    tally.fault(f"Ctrl-C to the process group during prepare-data --cache -j {workers} ({delay * 1000:g} ms in)")
+
+
+def test_the_sigint_handler_only_sets_a_flag(tally):
+    """In-process: the handler prepare-data installs returns (raises nothing) on the first Ctrl-C; the
+    work loop's check raises KeyboardInterrupt; the previous handler is back afterwards."""
+    from lspt_cli.cli import prepare_data
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with prepare_data._interruptible():
+            handler = signal.getsignal(signal.SIGINT)
+            assert handler(signal.SIGINT, None) is None  # no exception from the handler itself
+            assert prepare_data._interrupted()
+            prepare_data._check_interrupted()
+    assert signal.getsignal(signal.SIGINT) is before
+    tally.fault("the prepare-data SIGINT handler sets a flag and never raises")
