@@ -148,7 +148,9 @@ def run_check(name: str, kind: str | None = None, *, host=None, root: str | Path
     host = host or get_host()
     kinds = [kind] if kind else check_kinds(name, host)
     if not kinds:
-        close = [n for k in KINDS for n in host.registry(k).names() if _close(name, n)]
+        import difflib
+
+        close = difflib.get_close_matches(name, sorted({n for k in KINDS for n in host.registry(k).names()}), n=3)
         raise UsageError(f"nothing named '{name}' is registered (no {', '.join(KINDS[:-1])} or {KINDS[-1]})",
                          hint=f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see `lspt plugins`")
     kind = kinds[0]
@@ -168,12 +170,6 @@ def run_check(name: str, kind: str | None = None, *, host=None, root: str | Path
     finally:
         torch.set_num_threads(threads)
     return report
-
-
-def _close(a: str, b: str) -> bool:
-    import difflib
-
-    return bool(difflib.get_close_matches(a, [b], n=1))
 
 
 # -- strategies ----------------------------------------------------------------------------------

@@ -220,6 +220,7 @@ INIT["executor"] = '''
 """{dist}: the `{component}` sweep executor for lspt. Importing this module must stay light."""
 
 from lspt_cli import ExecutorSpec, hookimpl
+from lspt_cli.specs import ExecutorOption
 
 
 @hookimpl
@@ -229,7 +230,8 @@ def lspt_register_executors(register):
             name="{component}",
             description="Each trial in its own `lspt tune` process, one at a time (edit me)",
             factory="{module}.executor:{cls}",  # factory(options, *, workers, sweep_dir, host), imported when used
-            options={{"order": "forward (default) or reverse: the order trials run in"}},
+            # --executor-opt KEY=VALUE: each value is checked against its declaration before the sweep starts
+            options={{"order": ExecutorOption("the order trials run in", choices=("forward", "reverse"), default="forward")}},
         )
     )
 '''
@@ -363,7 +365,7 @@ def test_conformance(lspt_home, order):
 
 def test_a_bad_option_is_one_usage_error(lspt_cli):
     result = lspt_cli("plugins", "check", "{component}", "--opt", "order=sideways")
-    assert result.exit_code == 1 and "expected forward or reverse" in result.stdout
+    assert result.exit_code == 1 and "order=sideways: must be one of forward, reverse" in result.stdout
 '''
 
 STRATEGY = '''

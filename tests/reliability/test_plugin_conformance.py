@@ -172,7 +172,8 @@ def test_the_logger_interface_has_one_source():
     for where, text in texts.items():
         for method in LOGGER_METHODS:
             assert signature_text(method) in text, (where, method)
-        assert not re.search(r"(?<![\w])start\(run, config\)", text), where  # the old, wrong signature
+        # the old, wrong signature appears only as what the refusal warning quotes
+        assert not re.search(r"(?<![\w])start\(run, config\)(?! cannot take)", text), where
     table = texts["docs/plugins.md"].split("## Loggers", 1)[1].split("\n## ", 1)[0]
     rows = [l for l in table.splitlines() if l.startswith("| `")]
     assert [r.split("`")[1].split(" ->")[0] for r in rows] == [signature_text(m) for m in LOGGER_METHODS]
@@ -229,6 +230,18 @@ def test_plugins_check_names_what_is_wrong_with_an_executor(kind, check, words, 
     assert report.failed == [check], "\n".join(report.lines())
     assert all(w in report.result(check).message for w in words), report.result(check).message
     tally.bad_input(f"executor that {kind}")
+
+
+def test_plugins_check_without_names_covers_external_executors_and_checks_kinds(tally):
+    with register_plugin(executor_plugin("badexec", "no-close"), name="ext-executor"):
+        result = run_cli("plugins", "check", "--json")
+        kind = run_cli("plugins", "check", "badexec", "--kind", "model")
+        opt = run_cli("plugins", "check", "badexec", "--opt", "novalue")
+    assert result.exit_code == 1 and result.json["failed"] == ["executor badexec: build"], result.stdout + result.stderr
+    assert "no close()" in result.json["components"][0]["checks"][0]["message"]
+    assert kind.exit_code == 2 and "--kind must be one of strategy, backbone, dataset, recipe, logger, executor" in kind.stderr
+    assert opt.exit_code == 2 and "--opt 'novalue': expected KEY=VALUE" in opt.stderr
+    tally.bad_input("plugins check with an external executor registered")
 
 
 def test_plugins_check_of_the_builtin_local_executor_passes():
