@@ -42,9 +42,27 @@ class PromptStrategy(nn.Module):
         self._config = dict(config)
 
     num_prompts: int = 0
+    # How many un-augmented training images `init_from_data` wants (0: the strategy has no
+    # data-aware initialisation and the hook is never called). May be set per instance in __init__.
+    data_init_images: int = 0
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
+
+    def init_from_data(self, backbone: FrozenBackbone, images: torch.Tensor) -> None:
+        """The data-aware initialisation (e.g. SPT's prompts from the task's own patch tokens).
+
+        Called once per run by the Trainer, before the optimizer is built, only when
+        `data_init_images > 0`: `backbone` is the frozen backbone (eval mode) and `images` are
+        `data_init_images` training images through the *eval* transform ([n, 3, H, W], on the
+        backbone's device, fp32, drawn with replacement by a generator seeded with the run's seed),
+        under `torch.no_grad()` with the global RNG seeded by the run's seed (so `torch.rand` and
+        friends are deterministic for a seed). Write the result into the strategy's own tensors in
+        place (`self.prompts.copy_(...)`), never replace a Parameter: what it writes must be in
+        `state_dict()`, which is what checkpoints and bundles keep. It is never called on
+        `--resume` (the checkpoint holds the initialised tensors), on bundle load, nor by
+        `--compile`'s warm-up; under torchrun rank 0 computes it and the other ranks receive its
+        `state_dict()` tensors (docs/plugins.md, "Data-aware initialisation")."""
 
     def start(self, x: torch.Tensor) -> dict[str, Any]:
         """Called once with the embedded tokens; returns per-forward state for the block hooks."""

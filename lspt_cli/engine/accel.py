@@ -69,12 +69,40 @@ def bf16_report(device: torch.device) -> dict[str, Any]:
             "cpu_capability": cpu_capability(), "how": "/proc/cpuinfo flags avx512_bf16/amx_bf16, torch cpu capability"}
 
 
+_SCALARS = (bool, int, float, str, type(None))
+
+
+@contextlib.contextmanager
+def preserved_state(model: torch.nn.Module):
+    """Whatever runs inside leaves `model` as it found it: every trainable parameter and every
+    buffer get their values back (in place: the optimizer's and the compiled graph's tensors stay
+    the same objects), and so do the plain attributes (flags, counters) of each submodule. Frozen
+    parameters are not copied (nothing inside may change them: they get no gradient).
+
+    `--compile`'s warm-up runs in it: a forward and backward on a batch of zeros must not leave any
+    trace in a strategy (a lazily initialised one would otherwise take its values from the zeros)."""
+    tensors = [t for t in model.parameters() if t.requires_grad] + list(model.buffers())
+    saved = [t.detach().clone() for t in tensors]
+    attrs = [(m, {k: v for k, v in vars(m).items() if isinstance(v, _SCALARS)}) for m in model.modules()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, value in zip(tensors, saved):
+                t.copy_(value)
+        for m, values in attrs:
+            for k, v in values.items():
+                if getattr(m, k, None) is not v:
+                    object.__setattr__(m, k, v)
+
+
 def compile_forward(model: torch.nn.Module, warm_up: Callable[[Callable], None], log: Callable[[str], None]):
     """(forward, seconds): `torch.compile(model)` and the time its first compilation took, or
     (model, 0.0) with one warning line where compiling is unavailable or fails.
 
     `warm_up(fn)` runs one representative step through `fn` (forward and backward) so that the
-    compilation happens here, timed apart from the training steps."""
+    compilation happens here, timed apart from the training steps; `model` is restored after it
+    (`preserved_state`), so the run starts from the state an eager run starts from."""
     if not hasattr(torch, "compile"):
         log("Warning: --compile needs torch >= 2.0; running eager")
         return model, 0.0
@@ -86,7 +114,8 @@ def compile_forward(model: torch.nn.Module, warm_up: Callable[[Callable], None],
         inductor_config.fallback_random = True
         compiled = torch.compile(model, dynamic=False)  # one static graph per batch size (full, last)
         start = time.perf_counter()
-        warm_up(compiled)
+        with preserved_state(model):  # the warm-up changes no strategy state, also when it fails
+            warm_up(compiled)
         return compiled, time.perf_counter() - start
     except Exception as exc:  # no C++ compiler, an unsupported op, an old Triton, ...
         first = (str(exc).strip().splitlines() or [""])[0][:200]

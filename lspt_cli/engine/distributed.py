@@ -60,6 +60,16 @@ class DistContext:
 
             dist.barrier()
 
+    def broadcast_tensors(self, tensors) -> None:
+        """Rank 0's values of `tensors` copied in place into every rank's (e.g. a strategy's
+        data-aware init, computed on rank 0 only)."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
     def broadcast_flag(self, flag: bool, device) -> bool:
         """Rank 0's decision (e.g. stop on NaN) for everybody."""
         if not self.enabled:

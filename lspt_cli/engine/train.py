@@ -35,6 +35,7 @@ from ..recipes import ResolvedConfig
 from ..rundir import BEST_NAME, BUNDLE_NAME, METRICS_NAME
 from ..selection import BEST_VAL, LAST, describe_report, rule_for, summary_fields, val_curve
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_into, save_checkpoint
+from .data_init import run_data_init
 from .distributed import DistContext
 from .evaluate import autocast, evaluate
 from .grad_watch import GradWatch, warn_dead
@@ -148,6 +149,7 @@ class Trainer:
         self.progress_factory = progress_factory
         self.dist = DistContext.from_env()
         self._interrupt = False
+        self.resuming = False  # run(resume=True) from a checkpoint: setup skips the data-aware init
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -182,6 +184,10 @@ class Trainer:
         self.model = PromptedViT(backbone, strategy, self.num_classes, head_init=cfg.head_init,
                                  readout=cfg.readout or None).to(self.device)
         self.params = count_parameters(self.model)
+        # the strategy's data-aware init (engine/data_init.py): once, before the optimizer; never on resume
+        data_init = {} if self.resuming else run_data_init(
+            self.model, lambda order: self.loader(self.train_split, train=False, order=order),
+            len(self.manifest.splits[self.train_split]), cfg.seed, self.device, self.dist, self.log)
         self.train_model = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -197,6 +203,7 @@ class Trainer:
         self.steps_per_epoch = epoch_steps(self.order_length, self.batch_size, self.drop_last)
         self.schedule = Schedule(cfg.schedule, cfg.scaled_lr, cfg.epochs, cfg.warmup_epochs, self.steps_per_epoch)
         self._speed_up(strategy)
+        self.speed.update(data_init)  # summary.json: data_init_images, data_init_seconds
         self.state_meta = {
             "backbone": {
                 "name": self.config.backbone,
@@ -298,6 +305,7 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
+        self.resuming = resume and (self.run_dir / CHECKPOINT_NAME).exists()  # setup: no data-aware init then
         self.setup()
         cfg = self.cfg
         run = RunInfo(dir=self.run_dir, name=self.run_dir.name, config=self.config.to_json())
