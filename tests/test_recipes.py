@@ -32,7 +32,16 @@ STRATEGY_KEYS = {
     "vpt-deep": {"num_prompts", "dropout"},
     "gapt": {"num_prompts", "gate_init", "temperature", "dropout"},
     "lspt": {"num_prompts", "gate_init", "temperature", "dropout", "spatial", "memory", "lstm_dim"},
+    "spt-shallow": {"num_prompts", "init", "init_images", "kmeans_iters", "dropout"},
+    "spt-deep": {"num_prompts", "init", "init_images", "kmeans_iters", "dropout"},
 }
+
+# The strategies that ship the papers' recipes for every backbone x benchmark (below). SPT does not
+# yet: its per-task recipes are published only behind a download link (Self-Prompt-Tuning README,
+# "train recipes in [link]"), and its README's two examples use AdamW, a separate head weight decay,
+# a min lr and EMA (train_MAE.py:300,310-313), which lspt's settings do not offer. SPT has its
+# vit-tiny demo recipes; with recipes it joins this list.
+PAPER_RECIPE_STRATEGIES = [s for s in STRATEGIES if not s.startswith("spt-")]
 
 # GaPT's per-task FGVC settings (DESIGN.md section 7): task -> (lr, gate_init).
 GAPT_FGVC = {
@@ -125,7 +134,7 @@ def test_paper_recipes_follow_the_protocol(path):
 
 def test_every_combination_has_a_registered_recipe(recipes):
     assert {p.stem for p in SHIPPED} <= set(recipes.names())
-    for strategy, backbone, benchmark in itertools.product(STRATEGIES, PAPER_BACKBONES, PAPER_BENCHMARKS):
+    for strategy, backbone, benchmark in itertools.product(PAPER_RECIPE_STRATEGIES, PAPER_BACKBONES, PAPER_BENCHMARKS):
         task = "cub" if benchmark == "fgvc" else "vtab/cifar"
         spec = find_recipe(recipes, strategy, backbone, benchmark, task)
         assert spec is not None, (strategy, backbone, benchmark)

@@ -1,9 +1,9 @@
 """Built-in strategies, registered through the `lspt` entry point `strategies` like any plugin's.
 
 One family per file, each opening with its paper: linear.py (the linear probe), vpt.py (VPT-shallow,
-VPT-deep), gapt.py (GaPT), lspt.py (LSPT); parts.py holds the small pieces the prompt strategies
-share (option checks, VPT's prompt init and dropout, GaPT's gate and temperature). No strategy
-inherits from another.
+VPT-deep), gapt.py (GaPT), lspt.py (LSPT), spt.py (SPT-shallow, SPT-deep); parts.py holds the small
+pieces the prompt strategies share (option checks, VPT's prompt init and dropout, GaPT's gate and
+temperature). No strategy inherits from another.
 
 A strategy is declared next to its class: each file's `STRATEGIES` table lists what it registers
 (name, description, defaults, paper, and the class that builds it). Registering must not import
@@ -31,7 +31,7 @@ from lspt_cli.backbone_dims import BackboneDims
 from lspt_cli.errors import PluginError
 from lspt_cli.specs import StrategySpec
 
-FAMILIES = ("linear", "vpt", "gapt", "lspt")  # the files, in `lspt list strategies` order
+FAMILIES = ("linear", "vpt", "gapt", "lspt", "spt")  # the files, in `lspt list strategies` order
 
 
 def read_table(family: str) -> tuple[dict[str, Any], ...]:
