@@ -5,8 +5,10 @@ while D still trains would run it twice. So every writer holds `D/.lspt.lock` wh
 
 - A real OS lock (`filelock`, i.e. flock(2) on POSIX): the kernel drops it when the holder dies,
   SIGKILL included, so a stale lock never blocks anyone; a leftover lock file is simply locked again.
-- Never waits: a second process gets one clear error naming the holder's pid (written into the
-  lock file by the holder) instead of hanging behind a run that may take hours.
+- Runs never wait: a second process gets one clear error naming the holder's pid (written into the
+  lock file by the holder) instead of hanging behind a run that may take hours. Short jobs whose
+  result does not depend on who does them (preparing a task) wait, bounded (`wait`), saying for whom
+  (`on_wait`), and stop waiting at a Ctrl-C flag (`cancelled`).
 - The lock file is removed on release (while still held; filelock's acquire notices an unlinked
   inode and retries), so a finished run directory holds no lock file.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import LsptError
 
@@ -37,11 +39,16 @@ def holder_pid(lock_path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def hold(directory: str | os.PathLike, what: str, hint: str | None = None, wait: float = 0) -> Iterator[Path]:
+def hold(directory: str | os.PathLike, what: str, hint: str | None = None, wait: float = 0,
+         on_wait: Callable[[int | None], None] | None = None,
+         cancelled: Callable[[], bool] | None = None) -> Iterator[Path]:
     """Hold the lock of `directory` (created if missing) for the duration of the block.
 
     LockedError naming the holder's pid when another process holds it (after `wait` seconds: only
-    for short jobs such as preparing a task on first use; runs never wait)."""
+    for short jobs such as preparing a task; runs never wait). When it has to wait, `on_wait(pid)` is
+    called once first (to say so); `cancelled()` true (a Ctrl-C flag) stops the wait with KeyboardInterrupt."""
+    import time
+
     from filelock import FileLock, Timeout
 
     directory = Path(directory)
@@ -55,12 +62,29 @@ def hold(directory: str | os.PathLike, what: str, hint: str | None = None, wait:
     path = directory / LOCK_NAME
     lock = FileLock(str(path), timeout=wait)
     try:
-        lock.acquire(timeout=wait, blocking=wait > 0)
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            if wait <= 0:
+                raise
+            if on_wait is not None:
+                on_wait(holder_pid(path))
+            deadline = time.monotonic() + wait
+            while True:  # in short steps: a Ctrl-C flag is seen within 0.1 s
+                if cancelled is not None and cancelled():
+                    raise KeyboardInterrupt from None
+                try:
+                    lock.acquire(timeout=max(0.0, min(0.1, deadline - time.monotonic())), poll_interval=0.02)
+                    break
+                except Timeout:
+                    if time.monotonic() >= deadline:
+                        raise
     except Timeout:
         pid = holder_pid(path)
         who = f"pid {pid}" if pid else "an unknown pid"
+        waited = f", still after waiting {wait:g} s" if wait > 0 else ""
         raise LockedError(
-            f"{directory}: the {what} is in use by another lspt process ({who})",
+            f"{directory}: the {what} is in use by another lspt process ({who}){waited}",
             hint=hint or (f"wait for it to finish or stop it (kill {pid}); " if pid else "wait for it to finish; ")
             + "a lock of a process that died is released automatically",
         ) from None

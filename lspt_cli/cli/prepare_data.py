@@ -6,7 +6,8 @@ Checks a dataset's official layout, writes its split manifest atomically under t
 under DIR. Any layout problem is one DataError naming the file; nothing is written then.
 Every image must resolve inside ROOT (no absolute or '..' paths in split files; symlinks leading
 out of ROOT only with --follow-symlinks), and train, val and test must each hold images.
-The task dirs are locked while they are written (lspt_cli/locks.py); Ctrl-C exits 130 and never
+The task dirs are locked while they are written (lspt_cli/locks.py); another process preparing the
+same task is waited for (bounded: LSPT_PREPARE_WAIT, 120 s; its pid named). Ctrl-C exits 130 and never
 leaves a manifest or cache that looks complete. No torch at import time.
 """
 
@@ -83,15 +84,50 @@ def run_prepare(task: str, *, name: str | None = None, **options) -> dict[str, A
     dirs = sorted({task_dir(name or spec.name) for spec in specs})
     made = [d for d in dirs if not d.exists()]
     made += [d.parent for d in made if not d.parent.exists()]  # `vtab/` of vtab/dtd
+    wait = prepare_wait()
+    quiet = bool(options.get("quiet"))
+
+    def waiting(directory):
+        def say(pid: int | None) -> None:
+            if not quiet:
+                who = f"pid {pid}" if pid else "another lspt process"
+                err.print(f"Waiting for {who}, which is preparing {safe(directory.name)} (the result is the same; "
+                          f"up to {wait:g} s, {PREPARE_WAIT_ENV})", markup=False, highlight=False)
+        return say
+
     try:
         with contextlib.ExitStack() as stack, _interruptible():
-            for directory in dirs:
-                stack.enter_context(hold(directory, "task data directory"))
+            for directory in dirs:  # another process preparing the same task: wait for it, then reuse its work
+                stack.enter_context(hold(directory, "task data directory", wait=wait, on_wait=waiting(directory),
+                                         cancelled=_interrupted))
             return _run_prepare(task, name=name, **options)
     finally:
         for directory in made:  # tasks a group did not find leave no empty folder behind
             with contextlib.suppress(OSError):
                 directory.rmdir()
+
+
+PREPARE_WAIT_S = 120.0  # how long prepare-data waits for another process preparing the same task
+PREPARE_WAIT_ENV = "LSPT_PREPARE_WAIT"
+
+
+def prepare_wait() -> float:
+    """Seconds to wait for another process preparing the same task: LSPT_PREPARE_WAIT, else 120."""
+    import math
+    import os
+
+    from ..errors import UsageError
+
+    text = os.environ.get(PREPARE_WAIT_ENV, "").strip()
+    if not text:
+        return PREPARE_WAIT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{PREPARE_WAIT_ENV}={text} must be a number of seconds >= 0 (0: never wait)")
+    return value
 
 
 _INTERRUPTED = threading.Event()

@@ -114,7 +114,10 @@ def test_prepare_data_refuses_a_task_dir_in_use_and_proceeds_after_a_kill(tmp_pa
     holder = _holder(task_dir, home)
     try:
         for extra in ([], ["--cache", "--input-size", "16"], ["--verify"]):
-            result = run_lspt(home, "prepare-data", "imagefolder", "--root", str(root), "--name", "mine", *extra, timeout=120)
+            # LSPT_PREPARE_WAIT=0: refused at once (by default it waits for the holder, bounded:
+            # tests/reliability/test_prepare_concurrency.py)
+            result = run_lspt(home, "prepare-data", "imagefolder", "--root", str(root), "--name", "mine", *extra,
+                              timeout=120, LSPT_PREPARE_WAIT="0")
             assert_clean_error(result.returncode, result.stdout, result.stderr, "task data directory", "in use",
                                f"pid {holder.pid}", exit_code=1)
             assert not (task_dir / "manifest.json").exists()
