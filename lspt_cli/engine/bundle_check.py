@@ -33,6 +33,10 @@ def check_run_bundle(model, bundle_path: Path, *, strategy: str, config: dict[st
     Returns one line for the log; raises PluginError naming the strategy and the likely cause."""
     import torch
 
+    if host is None:
+        from ..plugins import get_host
+
+        host = get_host()
     spec = host.strategies.get(strategy)
     options = spec.options(config or {})
     owner = _owner(host, strategy)

@@ -34,6 +34,7 @@ from ..data.transforms import transform_style
 from ..recipes import ResolvedConfig
 from ..rundir import BEST_NAME, BUNDLE_NAME, METRICS_NAME
 from ..selection import BEST_VAL, LAST, describe_report, rule_for, summary_fields, val_curve
+from .bundle_check import check_run_bundle
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_into, save_checkpoint
 from .data_init import run_data_init
 from .distributed import DistContext
@@ -545,6 +546,9 @@ class Trainer:
             with writing(self.run_dir, BUNDLE_NAME):
                 size = bundle.save(self.run_dir / BUNDLE_NAME, self.model.trainable_state_dict(), meta)
             summary.update(bundle=str(self.run_dir / BUNDLE_NAME), bundle_bytes=size)
+            # the bundle reloads with the same outputs, count_params and the seed hold (a wrong plugin fails here)
+            check_run_bundle(self.model, self.run_dir / BUNDLE_NAME, strategy=self.config.strategy,
+                             config=self.config.strategy_config, seed=self.cfg.seed, host=self.host)
             write_summary(self.run_dir, summary)
         return summary
 
