@@ -30,8 +30,8 @@ STRATEGY_KEYS = {
     "linear": set(),
     "vpt-shallow": {"num_prompts", "dropout"},
     "vpt-deep": {"num_prompts", "dropout"},
-    "gapt": {"num_prompts", "gate_init", "temperature", "dropout"},
-    "lspt": {"num_prompts", "gate_init", "temperature", "dropout", "spatial", "memory", "lstm_dim"},
+    "gapt": {"num_prompts", "gate_init", "temperature", "dropout", "init", "init_images"},
+    "lspt": {"num_prompts", "gate_init", "temperature", "dropout", "spatial", "memory", "lstm_dim", "init", "init_images"},
     "spt-shallow": {"num_prompts", "init", "init_images", "kmeans_iters", "dropout"},
     "spt-deep": {"num_prompts", "init", "init_images", "kmeans_iters", "dropout"},
 }

@@ -338,3 +338,29 @@ def test_kmeans_prototypes_equal_a_numpy_lloyd(deep):
         expected.append(reference_kmeans(tokens, 4, 8, init_ids))
     ours = strategy.prompts.detach().numpy().reshape(len(reps), 4, 64)
     assert np.allclose(ours, np.stack(expected), rtol=0, atol=1e-10)
+
+
+# -- SPT's initialisation for the gated methods: --set init=... ---------------------------------------
+@pytest.mark.parametrize("name", ["gapt", "lspt"])
+def test_gapt_and_lspt_can_start_from_spt_prototypes(tiny_backbone, name):
+    from lspt_cli.prompted import build_strategy
+
+    assert build_strategy(name, tiny_backbone.dims, {"num_prompts": 4}).data_init_images == 0  # "uniform": the papers'
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    for init in ("random", "mean_pooling", "max_pooling", "kmeans"):
+        gated = build_strategy(name, tiny_backbone.dims, {"num_prompts": 4, "init": init, "init_images": 6})
+        spt = build_strategy("spt-shallow", tiny_backbone.dims, {"num_prompts": 4, "init": init, "init_images": 6})
+        assert gated.data_init_images == 6 and gated.config()["init"] == init
+        for strategy in (gated, spt):
+            torch.manual_seed(9)
+            with torch.no_grad():
+                strategy.init_from_data(tiny_backbone, images)
+        assert torch.equal(gated.prompts, spt.prompts)  # SPT-shallow's prototypes, the same draws
+    with pytest.raises(ConfigError, match="init"):
+        build_strategy(name, tiny_backbone.dims, {"init": "median"})
+
+
+def test_a_gapt_run_with_spt_init_runs_the_hook(tmp_path):
+    mini_digits()
+    summary = trainer_for(tmp_path, strategy="gapt", epochs=1, options={"init": "kmeans", "init_images": 12}).run()
+    assert summary["data_init_images"] == 12

@@ -512,7 +512,7 @@ def test_unknown_option_names_the_allowed_ones():
     with pytest.raises(ConfigError) as info:
         build_strategy("gapt", VIT_B16, {"num_tokens": 10})
     assert "num_tokens" in str(info.value)
-    assert "allowed: dropout, gate_init, num_prompts, temperature" in str(info.value)
+    assert "allowed: dropout, gate_init, init, init_images, num_prompts, temperature" in str(info.value)
     with pytest.raises(ConfigError, match=r"unknown option 'num_prompts' for strategy 'linear'; allowed: \(none\)"):
         build_strategy("linear", VIT_B16, {"num_prompts": 10})
 

@@ -21,7 +21,8 @@ attention becomes softmax(Q K^T / (sqrt(d) tau_l)). The runner applies it by mul
 
 Trainable: prompts (Np * D), gamma (L - 1), tau (L, if temperature), plus the head.
 Config: num_prompts (100, the paper's FGVC setting), gate_init (5), temperature (true),
-dropout (0.0, prompt dropout at insertion, as VPT-shallow).
+dropout (0.0, prompt dropout at insertion, as VPT-shallow), init ("uniform"; or SPT's token
+prototypes: `--set init=kmeans`, see spt.py), init_images (1000, for SPT's init).
 
 Implementation: the gate is three element-wise ops on the [B, Np, D] prompts per block, the gates'
 sigmoid is computed once per forward, and no per-prompt loops run. The pieces shared with VPT and
@@ -47,6 +48,8 @@ from .parts import (
     drop_prompts,
     gate,
     gate_logits,
+    prompt_init,
+    spt_prototypes,
     temperatures,
     vpt_prompts,
 )
@@ -60,7 +63,8 @@ STRATEGIES = (
         "name": "gapt",
         "class": "GaPT",
         "description": "GaPT: gated prompts + attention temperature.",
-        "defaults": {"num_prompts": 100, "gate_init": 5.0, "temperature": True, "dropout": 0.0},
+        "defaults": {"num_prompts": 100, "gate_init": 5.0, "temperature": True, "dropout": 0.0, "init": "uniform",
+                     "init_images": 1000},
         "paper": (
             "Yoo et al., Improving Visual Prompt Tuning for Self-supervised Vision Transformers, "
             "ICML 2023 (arXiv:2306.05067)"
@@ -78,6 +82,9 @@ class GaPT(PromptStrategy):
         gate_init: gamma_l starts at -gate_init (a finite number; large = gates almost closed).
         temperature: learn a per-block attention temperature tau_l (true/false).
         dropout: prompt dropout at insertion, in [0, 1).
+        init: the prompts' start: "uniform" (VPT's U(-v, v), the paper's) or one of SPT's token
+            prototypes, random | mean_pooling | max_pooling | kmeans (spt.py), from the patch embeddings.
+        init_images: training images (eval transform) SPT's prototypes are taken from.
     """
 
     strategy_name = "gapt"
@@ -89,6 +96,8 @@ class GaPT(PromptStrategy):
         gate_init: float = 5.0,
         temperature: bool = True,
         dropout: float = 0.0,
+        init: str = "uniform",
+        init_images: int = 1000,
     ):
         name = self.strategy_name
         num_prompts = check_int(name, "num_prompts", num_prompts, 0)
@@ -96,12 +105,20 @@ class GaPT(PromptStrategy):
         gate_init = check_number(name, "gate_init", gate_init)
         temperature = check_bool(name, "temperature", temperature)
         check_int(name, "depth", dims.depth, 1)
-        super().__init__(dims, num_prompts=num_prompts, dropout=dropout, gate_init=gate_init, temperature=temperature)
+        init, data_init_images = prompt_init(name, init, init_images, num_prompts)
+        super().__init__(dims, num_prompts=num_prompts, dropout=dropout, gate_init=gate_init, temperature=temperature,
+                         init=init, init_images=init_images)
         self.num_prompts = num_prompts
+        self.init, self.data_init_images = init, data_init_images  # init != "uniform": SPT's prototypes
         self.dropout = nn.Dropout(dropout)
         self.prompts = vpt_prompts(dims, num_prompts)  # [Np, D]
         self.gate_logits = gate_logits(dims.depth, gate_init)  # [L - 1]
         self.tau = temperatures(dims.depth) if temperature else None  # [L]
+
+    def init_from_data(self, backbone, images: torch.Tensor) -> None:
+        """`init` = one of SPT's prototypes: the prompts start as the task's own patch embeddings
+        (as SPT-shallow's; parts.spt_prototypes). Only called when init != "uniform"."""
+        self.prompts.copy_(spt_prototypes(backbone, images, 1, self.num_prompts, self.init)[0])
 
     def attention_scales(self) -> list[torch.Tensor] | None:
         return parts.attention_scales(self.tau)

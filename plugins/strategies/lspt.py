@@ -39,7 +39,7 @@ Decisions lspt made where its formulation leaves room:
 Trainable: prompts (Np * D), gamma (L - 1), tau (L, if temperature), and with memory = "lstm"
 W_in (D * r) + LSTMCell (8 r^2 + 8 r) + W_out (r * D); plus the head.
 Config: num_prompts (100), gate_init (5), temperature (true), dropout (0.0), spatial ("mean"),
-memory ("lstm"), lstm_dim (64).
+memory ("lstm"), lstm_dim (64), init ("uniform", or SPT's token prototypes: spt.py), init_images (1000).
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ from .parts import (
     drop_prompts,
     gate,
     gate_logits,
+    prompt_init,
+    spt_prototypes,
     temperatures,
     vpt_prompts,
 )
@@ -83,6 +85,8 @@ STRATEGIES = (
             "spatial": "mean",
             "memory": "lstm",
             "lstm_dim": 64,
+            "init": "uniform",
+            "init_images": 1000,
         },
         "paper": (
             "Mo et al., LSPT: Long-term Spatial Prompt Tuning for Visual Representation Learning, "
@@ -104,6 +108,9 @@ class LSPT(PromptStrategy):
         spatial: "mean" adds the mean patch token of block l to every prompt (GSPC); "none" does not.
         memory: "lstm" runs the shared LSTM memory over the blocks (LPC); "none" has no memory.
         lstm_dim: r, the LSTM's width between W_in (D -> r) and W_out (r -> D) (an integer >= 1).
+        init: the prompts' start: "uniform" (VPT's U(-v, v), the paper's) or one of SPT's token
+            prototypes, random | mean_pooling | max_pooling | kmeans (spt.py), from the patch embeddings.
+        init_images: training images (eval transform) SPT's prototypes are taken from.
     """
 
     strategy_name = "lspt"
@@ -118,6 +125,8 @@ class LSPT(PromptStrategy):
         spatial: str = "mean",
         memory: str = "lstm",
         lstm_dim: int = 64,
+        init: str = "uniform",
+        init_images: int = 1000,
     ):
         name = self.strategy_name
         num_prompts = check_int(name, "num_prompts", num_prompts, 0)
@@ -125,12 +134,14 @@ class LSPT(PromptStrategy):
         gate_init = check_number(name, "gate_init", gate_init)
         temperature = check_bool(name, "temperature", temperature)
         check_int(name, "depth", dims.depth, 1)
+        init, data_init_images = prompt_init(name, init, init_images, num_prompts)
         spatial = check_choice(name, "spatial", spatial, ("mean", "none"))
         memory = check_choice(name, "memory", memory, ("lstm", "none"))
         r = check_int(name, "lstm_dim", lstm_dim, 1)
         super().__init__(dims, num_prompts=num_prompts, dropout=dropout, gate_init=gate_init, temperature=temperature,
-                         spatial=spatial, memory=memory, lstm_dim=lstm_dim)
+                         spatial=spatial, memory=memory, lstm_dim=lstm_dim, init=init, init_images=init_images)
         self.num_prompts = num_prompts
+        self.init, self.data_init_images = init, data_init_images  # init != "uniform": SPT's prototypes
         self.spatial, self.memory, self.lstm_dim = spatial, memory, r
         # GaPT's tensors, in GaPT's order (a seed gives both the same prompts)
         self.dropout = nn.Dropout(dropout)
@@ -142,6 +153,11 @@ class LSPT(PromptStrategy):
             self.lstm = nn.LSTMCell(r, r)
             self.memory_out = nn.Linear(r, dims.embed_dim, bias=False)
             nn.init.zeros_(self.memory_out.weight)
+
+    def init_from_data(self, backbone, images: torch.Tensor) -> None:
+        """`init` = one of SPT's prototypes: the prompts start as the task's own patch embeddings
+        (as SPT-shallow's; parts.spt_prototypes). Only called when init != "uniform"."""
+        self.prompts.copy_(spt_prototypes(backbone, images, 1, self.num_prompts, self.init)[0])
 
     def attention_scales(self) -> list[torch.Tensor] | None:
         return parts.attention_scales(self.tau)

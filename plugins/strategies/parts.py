@@ -11,7 +11,10 @@ its bundles.
 - VPT's prompt tokens: `vpt_prompts` (the U(-v, v) init), `drop_prompts` (prompt dropout);
 - GaPT's gate: `gate_logits` (gamma, init -gate_init) and `gate` (Z = g * out + (1 - g) * in);
 - GaPT's attention temperature: `temperatures` (tau, init 1) and `attention_scales` (tau projected
-  into [TAU_MIN, TAU_MAX] in place, then 1 / tau per block).
+  into [TAU_MIN, TAU_MAX] in place, then 1 / tau per block);
+- SPT's token prototypes: `spt_prototypes` (random, mean/max pooling, k-means of the task's own
+  tokens; spt.py describes them and cites the official code), `kmeans`, and `prompt_init`, the
+  `init` / `init_images` options with which GaPT and LSPT start their prompts from them too.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lspt_cli.backbone import BackboneDims
+from lspt_cli.backbone import BackboneDims, FrozenBackbone
 from lspt_cli.errors import ConfigError
 from lspt_cli.prompted import vpt_uniform_bound
 
 __all__ = [
+    "INITS",
+    "KMEANS_TOKENS",
     "TAU_MAX",
     "TAU_MIN",
     "attention_scales",
@@ -39,7 +44,10 @@ __all__ = [
     "drop_prompts",
     "gate",
     "gate_logits",
+    "kmeans",
+    "prompt_init",
     "project_tau",
+    "spt_prototypes",
     "temperatures",
     "vpt_prompts",
 ]
@@ -140,3 +148,93 @@ def attention_scales(tau: torch.Tensor | None) -> list[torch.Tensor] | None:
     else:
         project_tau(tau)
     return list((1.0 / tau).unbind(0))
+
+
+# -- SPT's token prototypes (spt.py) ----------------------------------------------------------------
+INITS = ("random", "mean_pooling", "max_pooling", "kmeans")
+KMEANS_TOKENS = 32768  # candidate tokens per prompt set for k-means (a random subsample beyond it)
+CHUNK = 64  # images per forward during the init
+
+
+def prompt_init(name: str, init: Any, init_images: Any, num_prompts: int) -> tuple[str, int]:
+    """GaPT's and LSPT's `init` / `init_images` options: "uniform" (VPT's U(-v, v), their papers')
+    or one of SPT's prototypes (INITS) from `init_images` training images. Returns (init, the
+    strategy's data_init_images: 0 for "uniform" or no prompts)."""
+    init = check_choice(name, "init", init, ("uniform",) + INITS)
+    init_images = check_int(name, "init_images", init_images, 1)
+    if init in ("mean_pooling", "max_pooling") and num_prompts == 1:
+        raise ConfigError(f"strategy '{name}': init={init} needs num_prompts >= 2 (Np - 1 pooling windows)")
+    return init, (init_images if init != "uniform" and num_prompts else 0)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
+    """Lloyd's k-means of the rows of x [M, D]: centres start at k distinct rows drawn as
+    `argsort(rand(M))[:k]` (the global RNG), then `iters` rounds of assign-to-nearest (squared
+    Euclidean, first index on ties) and centre = mean of its rows (an empty cluster keeps its centre)."""
+    centres = x[torch.argsort(torch.rand(x.shape[0]))[:k]].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centres).argmin(dim=1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype).unsqueeze(1)
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+    return centres
+
+
+def _token_sets(backbone: FrozenBackbone, images: torch.Tensor, sets: int):
+    """Per chunk of images: (start, reps), reps[l] = the [b, N, D] tokens prompt set l comes from:
+    the patch embeddings for l = 0, block l-1's output without the prefix for l >= 1."""
+    model, prefix = backbone.model, backbone.dims.num_prefix_tokens
+    for start in range(0, images.shape[0], CHUNK):
+        batch = images[start : start + CHUNK]
+        reps = [model.patch_embed(batch)]
+        if sets > 1:
+            x = backbone.embed(batch)
+            for block in list(backbone.blocks)[: sets - 1]:
+                x = block(x)
+                reps.append(x[:, prefix:])
+        yield start, reps
+
+
+def spt_prototypes(backbone: FrozenBackbone, images: torch.Tensor, sets: int, num_prompts: int, init: str,
+                   kmeans_iters: int = 20) -> torch.Tensor:
+    """SPT's initial prompts, [sets, Np, D], from `images` [B, 3, H, W] (spt.py's docstring says how).
+
+    The random draws, in this order: for each set l = 0..sets-1 the selection noise (`random`:
+    rand(B*N); pooling: rand(Np*B); `kmeans`: rand(B*N) when B*N > KMEANS_TOKENS), then, for
+    `kmeans`, each set's centre init. The images go through the backbone in chunks; only the tokens
+    drawn are kept."""
+    device = images.device
+    B, N, D = images.shape[0], backbone.model.patch_embed.num_patches, backbone.dims.embed_dim
+    Np = num_prompts
+    dtype = next(backbone.model.parameters()).dtype
+    if init in ("mean_pooling", "max_pooling"):
+        window = N // (Np - 1)
+        if window == 0:
+            raise ConfigError(f"SPT init={init}: num_prompts - 1 = {Np - 1} pooling windows exceed the {N} patch tokens")
+        remain = N % window
+    # which candidate rows each set keeps: flat indices into [B*N] tokens, or [Np*B] pooled rows
+    if init == "random":
+        picks = [torch.argsort(torch.rand(B * N))[:Np] for _ in range(sets)]
+    elif init == "kmeans":
+        picks = [torch.argsort(torch.rand(B * N))[:KMEANS_TOKENS] if B * N > KMEANS_TOKENS else torch.arange(B * N)
+                 for _ in range(sets)]
+    else:
+        picks = [torch.argsort(torch.rand(Np * B))[:Np] for _ in range(sets)]
+    kept = [torch.empty(len(p), D, dtype=dtype, device=device) for p in picks]
+    for start, reps in _token_sets(backbone, images, sets):
+        b = reps[0].shape[0]
+        for l, (rep, pick, out) in enumerate(zip(reps, picks, kept)):
+            if init in ("random", "kmeans"):
+                image, token = pick // N, pick % N
+                mine = ((image >= start) & (image < start + b)).nonzero().squeeze(1)
+                if len(mine):
+                    out[mine.to(device)] = rep[(image[mine] - start).to(device), token[mine].to(device)]
+                continue
+            window_of, image = pick // B, pick % B
+            for j in ((image >= start) & (image < start + b)).nonzero().squeeze(1).tolist():
+                p, tokens = int(window_of[j]), rep[int(image[j]) - start]
+                part = tokens[p * window : (p + 1) * window] if p < Np - 1 else tokens[-remain:]
+                out[j] = part.mean(dim=0) if init == "mean_pooling" else part.max(dim=0).values
+    if init == "kmeans":
+        kept = [kmeans(x, Np, kmeans_iters) for x in kept]
+    return torch.stack(kept)

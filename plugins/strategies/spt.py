@@ -12,7 +12,8 @@ of training images goes through the frozen backbone, and each prompt starts as a
   backbone: the patch embeddings for l = 0, block l-1's output without the prefix token(s) for
   l >= 1 (`RepCatcher`, utils.py:149-185; train_MAE.py:114-124).
 
-The prototypes (`init`; `--prompt_sample_type`, train_MAE.py:601, default "random"):
+The prototypes (`init`; `--prompt_sample_type`, train_MAE.py:601, default "random"; the code is
+`parts.spt_prototypes`, which GaPT and LSPT also offer as their `init`):
 
 - `random`: Np tokens drawn without replacement from all B*N candidate tokens: `argsort(rand(B*N))[:Np]`
   (train_MAE.py:127-138 deep, 215-222 shallow).
@@ -52,9 +53,9 @@ from lspt_cli.prompted import PromptStrategy
 
 from torch import nn
 
-from .parts import check_choice, check_float, check_int, drop_prompts, vpt_prompts
+from .parts import INITS, check_choice, check_float, check_int, drop_prompts, spt_prototypes, vpt_prompts
 
-__all__ = ["INITS", "KMEANS_TOKENS", "SPTDeep", "SPTShallow", "kmeans", "spt_prototypes"]
+__all__ = ["SPTDeep", "SPTShallow"]
 
 # What this file registers (see vpt.py and plugins/strategies/__init__.py): plain data, read
 # without importing this file.
@@ -75,10 +76,6 @@ STRATEGIES = (
     },
 )
 
-INITS = ("random", "mean_pooling", "max_pooling", "kmeans")
-KMEANS_TOKENS = 32768  # candidate tokens per prompt set for k-means (a random subsample beyond it)
-CHUNK = 64  # images per forward during the init
-
 
 def check_options(name: str, num_prompts: Any, init: Any, init_images: Any, kmeans_iters: Any) -> tuple:
     num_prompts = check_int(name, "num_prompts", num_prompts, 0)
@@ -88,80 +85,6 @@ def check_options(name: str, num_prompts: Any, init: Any, init_images: Any, kmea
     if init in ("mean_pooling", "max_pooling") and num_prompts == 1:
         raise ConfigError(f"strategy '{name}': init={init} needs num_prompts >= 2 (Np - 1 pooling windows)")
     return num_prompts, init, init_images, kmeans_iters
-
-
-# -- the prototypes ----------------------------------------------------------------------------------
-def kmeans(x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
-    """Lloyd's k-means of the rows of x [M, D]: centres start at k distinct rows drawn as
-    `argsort(rand(M))[:k]` (the global RNG), then `iters` rounds of assign-to-nearest (squared
-    Euclidean, first index on ties) and centre = mean of its rows (an empty cluster keeps its centre)."""
-    centres = x[torch.argsort(torch.rand(x.shape[0]))[:k]].clone()
-    for _ in range(iters):
-        assign = torch.cdist(x, centres).argmin(dim=1)
-        sums = torch.zeros_like(centres).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).to(x.dtype).unsqueeze(1)
-        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
-    return centres
-
-
-def _token_sets(backbone: FrozenBackbone, images: torch.Tensor, sets: int):
-    """Per chunk of images: (start, reps), reps[l] = the [b, N, D] tokens prompt set l comes from:
-    the patch embeddings for l = 0, block l-1's output without the prefix for l >= 1."""
-    model, prefix = backbone.model, backbone.dims.num_prefix_tokens
-    for start in range(0, images.shape[0], CHUNK):
-        batch = images[start : start + CHUNK]
-        reps = [model.patch_embed(batch)]
-        if sets > 1:
-            x = backbone.embed(batch)
-            for block in list(backbone.blocks)[: sets - 1]:
-                x = block(x)
-                reps.append(x[:, prefix:])
-        yield start, reps
-
-
-def spt_prototypes(backbone: FrozenBackbone, images: torch.Tensor, sets: int, num_prompts: int, init: str,
-                   kmeans_iters: int = 20) -> torch.Tensor:
-    """SPT's initial prompts, [sets, Np, D], from `images` [B, 3, H, W] (see the module docstring).
-
-    The random draws, in this order: for each set l = 0..sets-1 the selection noise (`random`:
-    rand(B*N); pooling: rand(Np*B); `kmeans`: rand(B*N) when B*N > KMEANS_TOKENS), then, for
-    `kmeans`, each set's centre init. The images go through the backbone in chunks; only the tokens
-    drawn are kept."""
-    device = images.device
-    B, N, D = images.shape[0], backbone.model.patch_embed.num_patches, backbone.dims.embed_dim
-    Np = num_prompts
-    dtype = next(backbone.model.parameters()).dtype
-    if init in ("mean_pooling", "max_pooling"):
-        window = N // (Np - 1)
-        if window == 0:
-            raise ConfigError(f"SPT init={init}: num_prompts - 1 = {Np - 1} pooling windows exceed the {N} patch tokens")
-        remain = N % window
-    # which candidate rows each set keeps: flat indices into [B*N] tokens, or [Np*B] pooled rows
-    if init == "random":
-        picks = [torch.argsort(torch.rand(B * N))[:Np] for _ in range(sets)]
-    elif init == "kmeans":
-        picks = [torch.argsort(torch.rand(B * N))[:KMEANS_TOKENS] if B * N > KMEANS_TOKENS else torch.arange(B * N)
-                 for _ in range(sets)]
-    else:
-        picks = [torch.argsort(torch.rand(Np * B))[:Np] for _ in range(sets)]
-    kept = [torch.empty(len(p), D, dtype=dtype, device=device) for p in picks]
-    for start, reps in _token_sets(backbone, images, sets):
-        b = reps[0].shape[0]
-        for l, (rep, pick, out) in enumerate(zip(reps, picks, kept)):
-            if init in ("random", "kmeans"):
-                image, token = pick // N, pick % N
-                mine = ((image >= start) & (image < start + b)).nonzero().squeeze(1)
-                if len(mine):
-                    out[mine.to(device)] = rep[(image[mine] - start).to(device), token[mine].to(device)]
-                continue
-            window_of, image = pick // B, pick % B
-            for j in ((image >= start) & (image < start + b)).nonzero().squeeze(1).tolist():
-                p, tokens = int(window_of[j]), rep[int(image[j]) - start]
-                part = tokens[p * window : (p + 1) * window] if p < Np - 1 else tokens[-remain:]
-                out[j] = part.mean(dim=0) if init == "mean_pooling" else part.max(dim=0).values
-    if init == "kmeans":
-        kept = [kmeans(x, Np, kmeans_iters) for x in kept]
-    return torch.stack(kept)
 
 
 # -- the strategies -----------------------------------------------------------------------------------
