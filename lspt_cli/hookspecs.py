@@ -42,7 +42,9 @@ def lspt_register_strategies(register):
 
     Return nothing. The strategy's interface (``start``/``before_block``/``after_block``/
     ``attention_scales``, 0-based block indices, ``start`` returning a dict of state) is in
-    docs/plugins.md.
+    docs/plugins.md. ``lspt plugins check NAME`` tests it (gradients, ``count_params``, the bundle
+    round-trip, a resume into a fresh instance, every bad option, the seed), and every ``lspt tune``
+    ends by checking ``count_params``, the seed and its bundle's reload (an ``Error:`` naming the cause).
     """
 
 
@@ -102,6 +104,7 @@ def lspt_register_executors(register):
         it claims the trial and runs or resumes it, so selection never depends on the engine.
 
     Return nothing. The sweep directory must be on a filesystem every worker shares.
+    ``lspt plugins check NAME`` runs a two-trial sweep through it and compares it with ``local``.
     """
 
 
