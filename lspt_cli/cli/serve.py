@@ -31,10 +31,10 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         bundles: Optional[List[str]] = typer.Argument(None, metavar="[NAME=]BUNDLE...", help="Bundles to serve; a task is named after its file's stem unless NAME= is given."),
-        watch: Optional[Path] = typer.Option(None, "--watch", help="Serve every *.safetensors in this directory; new, changed and removed files are picked up while running."),
+        watch: Optional[Path] = typer.Option(None, "--watch", help="Serve every *.safetensors in this directory; new, changed and removed files are picked up while running.  [default: no directory: only the BUNDLE arguments]"),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Anything but loopback needs --token or --insecure."),
         port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
-        token: Optional[str] = typer.Option(None, "--token", envvar="LSPT_SERVE_TOKEN", help="Require 'Authorization: Bearer TOKEN' (all endpoints but /healthz).", show_default=False),
+        token: Optional[str] = typer.Option(None, "--token", envvar="LSPT_SERVE_TOKEN", help="Require 'Authorization: Bearer TOKEN' (all endpoints but /healthz).  [default: none: loopback only]", show_default=False),
         insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without a token."),
         weights: Optional[List[str]] = typer.Option(None, "--weights", help="Backbone weights: FILE, or BACKBONE=FILE (repeatable).  [default: the file each bundle was trained with, else the cache dir's]"),
         device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
