@@ -257,6 +257,54 @@ def _resume_check(model, images, labels) -> str:
     return f"{RESUME_STEPS} + {RESUME_STEPS} steps, resumed in a fresh instance: identical tensors"
 
 
+def _data_init_check(model, frozen, images, labels) -> str:
+    """A strategy's data-aware init (`init_from_data`, docs/plugins.md): run as the Trainer runs it
+    (engine/data_init.py) on the kit's images, twice with seed 0: it must run once each time, give
+    the same tensors, and leave everything in state_dict: a fresh instance loaded with them (a
+    resumed run) must not initialise again, neither through the hook nor lazily in a forward."""
+    import torch
+
+    from .engine.data_init import run_data_init, wanted_images
+    from .engine.distributed import DistContext
+
+    n = wanted_images(model(seed=0).strategy)
+    if n == 0:
+        return "none (data_init_images = 0)"
+    calls: list[int] = []
+
+    def initialised(seed: int):
+        m = model(seed=seed)
+        original = m.strategy.init_from_data
+        m.strategy.init_from_data = lambda *args: (calls.append(1), original(*args))[1]
+        batches = lambda order: [(images[torch.tensor(order) % images.shape[0]], None)]  # noqa: E731
+        run_data_init(m, batches, images.shape[0], 0, torch.device("cpu"), DistContext())
+        return m, {k: v.detach().clone() for k, v in m.trainable_state_dict().items()}
+
+    (first, a), (_, b) = initialised(0), initialised(0)
+    if len(calls) != 2:
+        raise _Fail(f"init_from_data ran {len(calls)} times in 2 initialisations", "the Trainer calls it once per run")
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    if different:
+        raise _Fail(f"two data-aware inits with seed 0 differ ({', '.join(different)})",
+                    "draw randomness from torch's global RNG (seeded by the run), never from random/numpy or an "
+                    "unseeded generator, and read only the images and the backbone")
+    resumed = model(seed=1)
+    resumed.load_trainable_state_dict(a)
+    resumed.strategy.init_from_data = lambda *args: calls.append(1)
+    with torch.no_grad():
+        resumed.train()
+        resumed(images)
+        first.eval(), resumed.eval()
+        same_logits = torch.equal(first(images), resumed(images))
+    moved = [k for k, v in resumed.trainable_state_dict().items() if not torch.equal(v, a[k])]
+    if len(calls) != 2 or moved or not same_logits:
+        raise _Fail("a resumed run (a fresh instance loaded with the initialised tensors) initialises again "
+                    f"({', '.join(moved) or 'its logits differ'})",
+                    "do the data-aware init only in init_from_data (never lazily in a forward) and keep its "
+                    "result in state_dict (in-place copy_ into parameters or buffers)")
+    return f"{n} images: ran once per run, same tensors for a seed, not rerun after a resume"
+
+
 def _strategy_checks(checks: _Checks, name: str, host, tmp: Path, *, backbone: str, **_) -> None:
     import torch
 
@@ -405,6 +453,8 @@ def _strategy_checks(checks: _Checks, name: str, host, tmp: Path, *, backbone: s
         return "identical tensors after 2 steps"
 
     checks.run("same seed, same result", seeded)
+    checks.run("data-aware init", lambda: _data_init_check(model, frozen, images, labels),
+               "init_from_data: deterministic for a seed, its result in state_dict, never rerun on resume")
 
 
 # -- backbones -----------------------------------------------------------------------------------

@@ -364,3 +364,70 @@ def test_a_gapt_run_with_spt_init_runs_the_hook(tmp_path):
     mini_digits()
     summary = trainer_for(tmp_path, strategy="gapt", epochs=1, options={"init": "kmeans", "init_images": 12}).run()
     assert summary["data_init_images"] == 12
+
+
+# -- lspt plugins check: the hook ---------------------------------------------------------------------
+def _init_plugin(name: str, kind: str):
+    """A strategy whose data-aware init is wrong in one way: `unseeded` draws from Python's random,
+    `lazy` keeps "initialised" in a Python attribute and initialises again in its first forward."""
+    import random
+
+    from torch import nn
+
+    from lspt_cli import hookimpl
+    from lspt_cli.prompted import PromptStrategy
+    from lspt_cli.specs import StrategySpec
+
+    class Broken(PromptStrategy):
+        data_init_images = 4
+
+        def __init__(self, dims):
+            super().__init__(dims)
+            self.num_prompts = 2
+            self.prompts = nn.Parameter(torch.zeros(2, dims.embed_dim))
+            self.ready = False
+
+        def init_from_data(self, backbone, images):
+            tokens = backbone.model.patch_embed(images).reshape(-1, self.dims.embed_dim)
+            scale = random.uniform(1.0, 2.0) if kind == "unseeded" else 1.0
+            self.prompts.copy_(tokens[:2] * scale)
+            self.ready = True
+
+        def start(self, x):
+            if kind == "lazy" and not self.ready:  # a resumed instance "initialises" from its first batch
+                with torch.no_grad():
+                    self.prompts.copy_(x[0, 1:3])
+                self.ready = True
+            return {}
+
+        def before_block(self, index, x, state):
+            return self.insert_prompts(x, self.prompts.expand(x.shape[0], -1, -1)) if index == 0 else x
+
+    class Plugin:
+        @hookimpl
+        def lspt_register_strategies(self, register):
+            register(StrategySpec(name=name, description=kind, factory=lambda dims, **cfg: Broken(dims), defaults={}))
+
+    return Plugin()
+
+
+@pytest.mark.parametrize("name", ["spt-shallow", "spt-deep", "gapt", "vpt-deep"])
+def test_plugins_check_runs_the_hook_of_the_builtins(name):
+    from lspt_cli.testing import run_check
+
+    report = run_check(name)
+    assert report.ok, "\n".join(report.lines())
+    result = report.result("data-aware init")
+    assert result.status == "ok"
+    assert ("not rerun after a resume" in result.message) is name.startswith("spt-")
+
+
+@pytest.mark.parametrize("kind", ["unseeded", "lazy"])
+def test_plugins_check_fails_a_wrong_data_init(kind):
+    from lspt_cli.testing import register_plugin, run_check
+
+    with register_plugin(_init_plugin(f"init-{kind}", kind)):
+        report = run_check(f"init-{kind}")
+    assert "data-aware init" in report.failed, "\n".join(report.lines())
+    message = report.result("data-aware init").message
+    assert ("differ" in message) if kind == "unseeded" else ("initialises again" in message)
