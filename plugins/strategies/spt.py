@@ -30,7 +30,9 @@ The prototypes (`init`; `--prompt_sample_type`, train_MAE.py:601, default "rando
   offers all four for both.
 
 The images: the official `prompt_generator` draws `len(train_data)` training indices with
-replacement through the *training* transform (train_MAE.py:99-110). lspt draws `init_images`
+replacement through the *training* transform (train_MAE.py:99-110; train.py:99-110, the README's
+MoCo/supervised script), except train_MoCo.py, whose default `sample_size=1` draws a single image
+(train_MoCo.py:100-107; `--set init_images=1` follows it) and which has no `kmeans`. lspt draws `init_images`
 indices with replacement (default 1000, every VTAB-1k train+val image once on average) through the
 *eval* transform (the strategy API's contract: un-augmented images; engine/data_init.py), by a
 generator seeded with the run's seed; the random draws above use the global RNG seeded with it.
