@@ -48,7 +48,8 @@ def test_a_trial_env_is_restored_after_each_trial_in_the_same_process(tmp_path, 
     before, threads = dict(os.environ), torch.get_num_threads()
     first = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "LSPT_TRIAL_MARK": "first"}
     outcome, _, error = run_trial_here(_failing_job(tmp_path, "a", first))
-    assert outcome == "failed" and "Error:" in error  # the trial really ran lspt tune, in this process
+    assert outcome == "failed" and "run config not found" in error  # it really ran lspt tune, in this process
+    assert "\n" not in error and error.startswith("exit code ")  # its Error: line, one line
     assert dict(os.environ) == before and torch.get_num_threads() == threads
     outcome, _, _ = run_trial_here(_failing_job(tmp_path, "b", {"LSPT_OTHER": "2"}))
     assert outcome == "failed"
