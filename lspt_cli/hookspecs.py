@@ -138,7 +138,8 @@ def lspt_on_epoch_end(run, metrics):
     :param run: the run (``run.dir``, ``run.name``).
     :param metrics: the record just appended: ``epoch`` (1-based), ``train_loss``, ``train_acc``, ``lr``,
         ``val_loss``/``val_acc``/``best_val_acc`` (not with ``--final``), ``images_per_s``, ``seconds``;
-        epoch 1 also has ``dead_tensors`` (trainable tensors that got no non-zero gradient).
+        the first epoch whose steps moved parameters (epoch 1, unless it trained at lr 0) also has
+        ``dead_tensors`` (trainable tensors that got no non-zero gradient).
 
     Return nothing. An exception only prints a warning.
     """

@@ -232,6 +232,26 @@ def test_tune_of_a_healthy_strategy_reports_nothing(tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["dead_tensors"] == []
 
 
+def test_the_dead_tensor_check_judges_steps_that_moved_parameters(tmp_path):
+    """The README's LSPT run under `paper` trains epoch 1 at lr 0 (the official per-epoch warm-up): its
+    LSTM, dead at init behind W_out = 0, is judged in epoch 2, where it comes alive: no false alarm.
+    A tensor that is really dead is still named, at the end of that epoch."""
+    common = ("--backbone", "vit-tiny", "--protocol", "paper", "--epochs", "3", "--warmup-epochs", "1",
+              "--batch-size", "8", "--json")
+    task = fake_task()
+    result = run_cli("tune", "--task", task, "--strategy", "lspt", *common, "--out", str(tmp_path / "lspt"))
+    assert result.exit_code == 0, result.stderr
+    assert "Warning" not in result.stderr and "dead_tensors" not in result.json, result.stderr
+    records = [json.loads(l) for l in (tmp_path / "lspt" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["lr"] == 0 and "dead_tensors" not in records[0] and records[1]["dead_tensors"] == []
+    with register_plugin(_plugin("deadbias", "BiasNeverUsed")):
+        result = run_cli("tune", "--task", task, "--strategy", "deadbias", *common, "--out", str(tmp_path / "dead"))
+    assert result.exit_code == 0, result.stderr
+    warnings = [l for l in result.stderr.splitlines() if l.startswith("Warning:") and "gradient" in l]
+    assert len(warnings) == 1 and "strategy.bias" in warnings[0] and "of epoch 2" in warnings[0]
+    assert result.json["dead_tensors"] == ["strategy.bias"]
+
+
 # -- lspt plugins check --------------------------------------------------------------------------
 @pytest.mark.parametrize("name", [*STRATEGIES, "vit-tiny", "digits", "vit-tiny-lspt"])
 def test_every_check_passes_on_the_builtins(name):

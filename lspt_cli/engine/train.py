@@ -150,6 +150,7 @@ class Trainer:
         self.progress_factory = progress_factory
         self.dist = DistContext.from_env()
         self._interrupt = False
+        self._watch: GradWatch | None = None  # the dead-tensor watch, until it has seen steps that moved parameters
         self.resuming = False  # run(resume=True) from a checkpoint: setup skips the data-aware init
 
     # -- setup -------------------------------------------------------------------------------
@@ -416,7 +417,9 @@ class Trainer:
         shown = sums.seen  # images the progress bar has been told about
         train_seconds = running.get("seconds", 0.0)
         params = self.model.trainable_parameters()
-        watch = GradWatch(self.model) if epoch == 0 and position == 0 else None  # first epoch, watched whole
+        if epoch == 0 and position == 0:  # a fresh run: watched whole, from its first step
+            self._watch = GradWatch(self.model)
+        watch = self._watch
         bar = self.progress_factory(epoch, cfg.epochs, len(remaining)) if self.progress_factory else None
         tick = time.time()
         step_in_epoch = position
@@ -433,8 +436,8 @@ class Trainer:
                 sums.add(loss, logits, labels, step_in_epoch)  # on the device: no sync (engine/totals.py)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if watch is not None:
-                    watch.observe()
+                if watch is not None and self.schedule.factor(epoch, step_in_epoch) > 0:
+                    watch.observe()  # only steps that move parameters (the paper's warm-up epoch 1 trains at lr 0)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 self.optimizer.step()
@@ -455,9 +458,14 @@ class Trainer:
         if self._interrupt:  # Ctrl-C after the last batch: checkpoint the finished epoch
             raise self._interrupted(epoch, step_in_epoch, running_state(loss_sum, correct, seen, train_seconds + time.time() - tick))
         seconds = train_seconds + time.time() - tick
-        dead = {} if watch is None else {"dead_tensors": watch.dead()}  # docs/plugins.md: "Tensors that never learn"
-        if dead.get("dead_tensors") and self.dist.is_main:
-            warn_dead(dead["dead_tensors"], watch.steps, "epoch 1")
+        # docs/plugins.md "Tensors that never learn": judged at the end of the first epoch whose steps moved
+        # parameters (a tensor dead at init by design, LSPT's LSTM behind a zero W_out, comes alive in it)
+        dead = {}
+        if watch is not None and watch.steps:
+            dead = {"dead_tensors": watch.dead()}
+            self._watch = None
+            if dead["dead_tensors"] and self.dist.is_main:
+                warn_dead(dead["dead_tensors"], watch.steps, f"epoch {epoch + 1}")
         totals = self.dist.all_reduce_sum([loss_sum, correct, seen], self.device)
         loss_sum, correct, seen = totals[0], totals[1], max(totals[2], 1)
         return {
@@ -538,7 +546,7 @@ class Trainer:
             "seconds": sum(r.get("seconds", 0.0) for r in records) or seconds,
             "images_per_s": records[-1]["images_per_s"] if records else None,
             **self.speed,  # feature_cache, compile_seconds (not part of `seconds`): docs/performance.md
-            **({"dead_tensors": records[0]["dead_tensors"]} if records and records[0].get("dead_tensors") else {}),
+            **({"dead_tensors": dead} if (dead := next((r["dead_tensors"] for r in records if "dead_tensors" in r), None)) else {}),
             **({"diverged": diverged} if diverged else {}),  # epoch, step, loss, epochs_done
         }
         if self.dist.is_main:
