@@ -130,8 +130,26 @@ def check_loggers(value: str | Iterable[str] | None, host, options: str | None =
         spec = host.loggers.get(name)  # "unknown logger 'x'; available: ..."
         check_requirements(spec, f"--log {name}")
         specs.append(spec)
-    logger_options(options, specs, host)
+    chosen = logger_options(options, specs, host)
+    for spec in specs:
+        if spec.reachable is not None:
+            _check_reachable(spec, chosen.get(spec.name) or {})
     return specs
+
+
+def _check_reachable(spec, options: dict[str, str]) -> None:
+    """A logger's pre-flight (LoggerSpec.reachable): its LsptError stops the run before anything is
+    written; anything else it raises is its plugin's error."""
+    from .errors import LsptError, PluginError
+    from .plugins import describe, plugin_code, resolve_factory
+
+    try:
+        with plugin_code():
+            resolve_factory(spec.reachable)(**options)
+    except LsptError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (plugin code)
+        raise PluginError(f"logger '{spec.name}': its reachability check {describe(exc)}") from None
 
 
 class LoggerInterfaceError(Exception):

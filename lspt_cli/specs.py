@@ -119,6 +119,9 @@ class LoggerSpec:
     `options` maps each key `--log-opt KEY=VALUE` may set to a line of help (values arrive as
     strings; any other key is a usage error). `requires` lists the modules it imports and `extra`
     the pip extra that installs them: a missing one is one `Error:` before training.
+    `reachable(**options)`, if given, checks before anything is written that the run can be tracked
+    as asked (a tracking server answers within a bounded wait) and raises an LsptError naming the
+    address and what to check otherwise: one `Error:`, nothing trained, nothing half-written.
     """
 
     name: str
@@ -127,6 +130,7 @@ class LoggerSpec:
     requires: tuple[str, ...] = ()
     extra: str = ""
     options: dict[str, str] = field(default_factory=dict)
+    reachable: Factory | None = None
 
 
 @dataclass(frozen=True)

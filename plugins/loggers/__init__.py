@@ -25,4 +25,5 @@ def lspt_register_loggers(register):
         factory="lspt_plugins.loggers.mlflow_logger:MlflowLogger",
         requires=("mlflow",),
         extra="mlflow",
+        reachable="lspt_plugins.loggers.mlflow_logger:reachable",
     ))

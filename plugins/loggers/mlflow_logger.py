@@ -78,6 +78,22 @@ def check_server(uri: str, timeout: float) -> None:
     raise ConnectionError(f"the MLflow tracking server at {uri} {why}: {hint}")
 
 
+def reachable(**options) -> None:
+    """Before the run writes anything: an http(s) tracking server must answer within the bounded
+    wait, else one Error naming it (a server that goes away later only switches the logger off)."""
+    from lspt_cli.errors import LsptError
+    from lspt_plugins.executors.options import connect_timeout
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        check_server(uri, connect_timeout())
+    except ConnectionError as exc:
+        message, _, hint = str(exc).partition(": check ")
+        raise LsptError(f"--log mlflow: {message}", hint=f"check {hint}" if hint else None) from None
+
+
 class MlflowLogger:
     def start(self, run, config, state):
         from lspt_plugins.executors.options import connect_timeout

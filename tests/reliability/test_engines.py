@@ -285,16 +285,21 @@ def test_an_mlflow_server_that_never_answers_is_named_within_the_wait(silent_ser
     tally.fault(f"MLflow tracking server that never answers ({case}): bounded check naming the URI")
 
 
-def test_tune_with_a_silent_mlflow_server_finishes_with_one_line_naming_it(tmp_path, silent_server, tally):
+@pytest.mark.parametrize("command", ["tune", "sweep"])
+def test_a_silent_mlflow_server_is_one_error_before_anything_is_written(tmp_path, silent_server, tally, command):
+    """`--log mlflow` against a server that never answers: one `Error:` naming it after the bounded
+    wait (LSPT_CONNECT_TIMEOUT), exit 1, before a run or sweep directory exists."""
     pytest.importorskip("mlflow")
     start = time.monotonic()
-    result = run_lspt(tmp_path / "home", "tune", "--backbone", "vit-tiny", "--task", "digits", "--strategy", "linear",
+    args = ("tune",) if command == "tune" else ("sweep", "--grid", "lr=0.1,0.2", "--seeds", "1")
+    result = run_lspt(tmp_path / "home", *args, "--backbone", "vit-tiny", "--task", "digits", "--strategy", "linear",
                       "--epochs", "1", "--warmup-epochs", "0", "--threads", "1", "--log", "mlflow",
-                      "--out", str(tmp_path / "run"), "--json", "-q", timeout=120,
+                      "--out", str(tmp_path / "out"), "--json", "-q", timeout=120,
                       MLFLOW_TRACKING_URI=f"http://{silent_server}", LSPT_CONNECT_TIMEOUT="2")
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stderr.splitlines() if silent_server in line]
-    assert len(lines) == 1 and "did not answer within 2 s" in lines[0] and "Traceback" not in result.stderr
-    assert (tmp_path / "run" / "summary.json").is_file()
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and silent_server in errors[0] and "did not answer within 2 s" in errors[0], result.stderr
+    assert "Hint: check MLFLOW_TRACKING_URI" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and result.stdout == ""
     assert time.monotonic() - start < 90
-    tally.fault("tune --log mlflow against a server that never answers: one line naming it after 2 s, run finishes")
+    tally.fault(f"{command} --log mlflow against a server that never answers: one Error naming it after 2 s, nothing written")
