@@ -225,8 +225,18 @@ def compose(panels: list, labels: list[str]):
     font = ImageFont.load_default()
     for i, (panel, label) in enumerate(zip(panels, labels)):
         canvas.paste(panel, (i * w, LABEL_BAND))
-        draw.text((i * w + 3, 2), label, fill=(0, 0, 0), font=font)
+        draw.text((i * w + 3, 2), fit_label(draw, label, font, w - 6), fill=(0, 0, 0), font=font)
     return canvas
+
+
+def fit_label(draw, text: str, font, width: float) -> str:
+    """`text` cut to `width` pixels with "..." (small panels, e.g. 84 px: a title never runs into the
+    next panel's; the full texts are in --json and the file names)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..." if text else ""
 
 
 # -- the command's work ---------------------------------------------------------------------------

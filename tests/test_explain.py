@@ -150,3 +150,21 @@ def test_rollout_multiplies_later_blocks_on_the_left():
     assert start == 0 and torch.allclose(r[0], expected)
     wrong_order = torch.tensor(p1) @ torch.tensor(p2)
     assert not torch.allclose(wrong_order, expected)  # the toy tells the two orders apart
+
+
+@pytest.mark.parametrize("width", [28, 84, 224])
+def test_panel_titles_never_run_into_the_next_panel(width):
+    """Each label is cut to its panel (84-px inputs used to get overlapping titles): the band's ink of
+    panel k stays inside panel k's columns."""
+    import numpy as np
+    from PIL import Image
+
+    from lspt_cli.explain import compose
+
+    panels = [Image.new("RGB", (width, width), (255, 255, 255)) for _ in range(3)]
+    labels = ["input: a very long class name indeed 97%", "rollout of the prompts (GaPT)", "Grad-CAM, last block"]
+    for k in range(3):  # one label at a time: all of its ink lies in its own panel's columns
+        alone = ["" if j != k else labels[k] for j in range(3)]
+        band = np.asarray(compose(panels, alone))[:LABEL_BAND]
+        columns = np.where((band < 128).any(axis=(0, 2)))[0]
+        assert columns.size and columns.min() >= k * width and columns.max() < (k + 1) * width - 2, (k, width)
