@@ -128,11 +128,12 @@ def test_prompts_sit_right_after_the_prefix(tiny_backbone, name):
     prefix = tiny_backbone.dims.num_prefix_tokens
     first = inputs[0]
     assert prefix == 1 and first.shape == (2, 1 + 3 + 16, 64)
-    prompts = strategy.prompts[0] if name == "vpt-deep" else strategy.prompts
+    deep = strategy.prompts.dim() == 3  # one set of prompts per block (vpt-deep, spt-deep)
+    prompts = strategy.prompts[0] if deep else strategy.prompts
     assert torch.equal(first[:, :prefix], embedded[:, :prefix])
     assert torch.equal(first[:, prefix : prefix + 3], prompts.expand(2, -1, -1))
     assert torch.equal(first[:, prefix + 3 :], embedded[:, prefix:])
-    if name == "vpt-deep":  # every block: fresh prompts in the same slots
+    if deep:  # every block: fresh prompts in the same slots
         for index, x in enumerate(inputs):
             assert torch.equal(x[:, prefix : prefix + 3], strategy.prompts[index].expand(2, -1, -1))
 
