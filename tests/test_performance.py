@@ -250,16 +250,29 @@ def test_cache_decision(tiny_backbone):
 
 
 def count_backbone_passes(monkeypatch) -> list[int]:
-    """Images that went through the frozen backbone (FrozenBackbone.embed), per call."""
+    """Images that went through the frozen backbone (FrozenBackbone.embed) for training, evaluation and
+    the test, per call; the end-of-run bundle check's few inputs (engine/bundle_check.py) not counted."""
     from lspt_cli.backbone import FrozenBackbone
+    from lspt_cli.engine import train
 
-    seen, original = [], FrozenBackbone.embed
+    seen, original, checking = [], FrozenBackbone.embed, []
 
     def embed(self, images):
-        seen.append(images.shape[0])
+        if not checking:
+            seen.append(images.shape[0])
         return original(self, images)
 
+    real_check = train.check_run_bundle
+
+    def check(*args, **kwargs):
+        checking.append(True)
+        try:
+            return real_check(*args, **kwargs)
+        finally:
+            checking.pop()
+
     monkeypatch.setattr(FrozenBackbone, "embed", embed)
+    monkeypatch.setattr(train, "check_run_bundle", check)
     return seen
 
 
