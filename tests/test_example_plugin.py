@@ -19,12 +19,18 @@ EXAMPLE = ROOT / "plugins" / "examples" / "lspt-example-plugin"
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
+    import shutil
+
+    target, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("example") / "src"
+    # built from a copy: pip builds a local directory in place (build/, *.egg-info), which another
+    # build of the same tree, or leftovers of an older one, must not meet
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(EXAMPLE)],
-        check=True, capture_output=True,
+         "--target", str(target), str(source)],
+        capture_output=True, text=True,
     )
+    assert result.returncode == 0, result.stderr[-3000:] or result.stdout[-3000:]
     assert list(target.glob("lspt_example_plugin-*.dist-info/entry_points.txt"))
     return target
 
