@@ -90,6 +90,22 @@ def check_options(name: str, num_prompts: Any, init: Any, init_images: Any, kmea
 
 
 # -- the strategies -----------------------------------------------------------------------------------
+def _set_up(strategy: PromptStrategy, dims: BackboneDims, num_prompts, init, init_images, kmeans_iters,
+            dropout) -> int:
+    """What SPT-shallow and SPT-deep share: their options checked, recorded (config()) and kept;
+    returns the checked prompt count (per block for deep)."""
+    name = strategy.strategy_name
+    num_prompts, init, init_images, kmeans_iters = check_options(name, num_prompts, init, init_images, kmeans_iters)
+    dropout = check_float(name, "dropout", dropout, 0.0, 1.0, high_open=True)
+    PromptStrategy.__init__(strategy, dims, num_prompts=num_prompts, init=init, init_images=init_images,
+                            kmeans_iters=kmeans_iters, dropout=dropout)
+    strategy.num_prompts = num_prompts
+    strategy.dropout = nn.Dropout(dropout)
+    strategy.init, strategy.kmeans_iters = init, kmeans_iters
+    strategy.data_init_images = init_images if num_prompts else 0
+    return num_prompts
+
+
 class SPTShallow(PromptStrategy):
     """SPT-shallow: Np prompts inserted once before block 0, initialised from the task's patch
     embeddings (trainable: Np * D).
@@ -107,15 +123,7 @@ class SPTShallow(PromptStrategy):
 
     def __init__(self, dims: BackboneDims, num_prompts: int = 100, init: str = "random", init_images: int = 1000,
                  kmeans_iters: int = 20, dropout: float = 0.0):
-        num_prompts, init, init_images, kmeans_iters = check_options(
-            self.strategy_name, num_prompts, init, init_images, kmeans_iters)
-        dropout = check_float(self.strategy_name, "dropout", dropout, 0.0, 1.0, high_open=True)
-        super().__init__(dims, num_prompts=num_prompts, init=init, init_images=init_images, kmeans_iters=kmeans_iters,
-                         dropout=dropout)
-        self.num_prompts = num_prompts
-        self.dropout = nn.Dropout(dropout)
-        self.init, self.kmeans_iters = init, kmeans_iters
-        self.data_init_images = init_images if num_prompts else 0
+        num_prompts = _set_up(self, dims, num_prompts, init, init_images, kmeans_iters, dropout)
         # VPT's uniform values until init_from_data overwrites them (and in a bundle, the trained ones)
         self.prompts = vpt_prompts(dims, num_prompts)  # [Np, D]
 
@@ -140,15 +148,7 @@ class SPTDeep(PromptStrategy):
 
     def __init__(self, dims: BackboneDims, num_prompts: int = 20, init: str = "random", init_images: int = 1000,
                  kmeans_iters: int = 20, dropout: float = 0.0):
-        num_prompts, init, init_images, kmeans_iters = check_options(
-            self.strategy_name, num_prompts, init, init_images, kmeans_iters)
-        dropout = check_float(self.strategy_name, "dropout", dropout, 0.0, 1.0, high_open=True)
-        super().__init__(dims, num_prompts=num_prompts, init=init, init_images=init_images, kmeans_iters=kmeans_iters,
-                         dropout=dropout)
-        self.num_prompts = num_prompts
-        self.dropout = nn.Dropout(dropout)
-        self.init, self.kmeans_iters = init, kmeans_iters
-        self.data_init_images = init_images if num_prompts else 0
+        num_prompts = _set_up(self, dims, num_prompts, init, init_images, kmeans_iters, dropout)
         self.prompts = vpt_prompts(dims, num_prompts, sets=dims.depth)  # [L, Np, D]
 
     def init_from_data(self, backbone: FrozenBackbone, images: torch.Tensor) -> None:
