@@ -1,7 +1,8 @@
 """Built-in strategies, registered through the `lspt` entry point `strategies` like any plugin's.
 
 One family per file, each opening with its paper: linear.py (the linear probe), vpt.py (VPT-shallow,
-VPT-deep), gapt.py (GaPT), lspt.py (LSPT), spt.py (SPT-shallow, SPT-deep); parts.py holds the small
+VPT-deep), gapt.py (GaPT), lspt.py (LSPT), spt.py (SPT-shallow, SPT-deep), vfpt.py (VFPT,
+VFPT-shallow); parts.py holds the small
 pieces the prompt strategies share (option checks, VPT's prompt init and dropout, GaPT's gate and
 temperature). No strategy inherits from another.
 
@@ -31,7 +32,7 @@ from lspt_cli.backbone_dims import BackboneDims
 from lspt_cli.errors import PluginError
 from lspt_cli.specs import StrategySpec
 
-FAMILIES = ("linear", "vpt", "gapt", "lspt", "spt")  # the files, in `lspt list strategies` order
+FAMILIES = ("linear", "vpt", "gapt", "lspt", "spt", "vfpt")  # the files, in `lspt list strategies` order
 
 
 def read_table(family: str) -> tuple[dict[str, Any], ...]:
