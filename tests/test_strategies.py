@@ -375,6 +375,8 @@ VIT_B16_COUNTS = {
     "lspt": 208_407,  # gapt + 768*64 (W_in) + 33_280 (LSTMCell 64) + 64*768 (W_out)
     "spt-shallow": 76_800,  # 100 * 768
     "spt-deep": 184_320,  # 12 * 20 * 768
+    "vfpt": 92_160,  # 12 * 10 * 768
+    "vfpt-shallow": 7_680,  # 10 * 768
 }
 
 
@@ -434,11 +436,12 @@ def test_registration_module_does_not_import_torch():
     without importing them; only counting (the module built on the meta device) imports torch."""
     code = (
         "import sys, lspt_plugins.strategies as s\n"
-        "assert [x.name for x in s.SPECS] == ['linear', 'vpt-shallow', 'vpt-deep', 'gapt', 'lspt', 'spt-shallow', 'spt-deep']\n"
+        "assert [x.name for x in s.SPECS] == ['linear', 'vpt-shallow', 'vpt-deep', 'gapt', 'lspt', 'spt-shallow', 'spt-deep',"
+        " 'vfpt', 'vfpt-shallow']\n"
         "assert s.SPECS[4].defaults['lstm_dim'] == 64 and s.SPECS[4].factory.endswith('.lspt:LSPT')\n"
         "assert 'torch' not in sys.modules and 'lspt_plugins.strategies.lspt' not in sys.modules\n"
         "from lspt_cli.backbone_dims import VIT_B16\n"
-        "assert [x.count_params(VIT_B16, {}) for x in s.SPECS] == [0, 76800, 92160, 76823, 208407, 76800, 184320]"
+        "assert [x.count_params(VIT_B16, {}) for x in s.SPECS] == [0, 76800, 92160, 76823, 208407, 76800, 184320, 92160, 7680]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
