@@ -129,13 +129,21 @@ def test_prompts_sit_right_after_the_prefix(tiny_backbone, name):
     first = inputs[0]
     assert prefix == 1 and first.shape == (2, 1 + 3 + 16, 64)
     deep = strategy.prompts.dim() == 3  # one set of prompts per block (vpt-deep, spt-deep)
+
+    def inserted(prompts):  # what a set puts in its slots: VFPT's are its Fourier prompts (all, by default)
+        if name.startswith("vfpt"):
+            from lspt_plugins.strategies.vfpt import fourier
+
+            return fourier(prompts, "all")
+        return prompts
+
     prompts = strategy.prompts[0] if deep else strategy.prompts
     assert torch.equal(first[:, :prefix], embedded[:, :prefix])
-    assert torch.equal(first[:, prefix : prefix + 3], prompts.expand(2, -1, -1))
+    assert torch.equal(first[:, prefix : prefix + 3], inserted(prompts).expand(2, -1, -1))
     assert torch.equal(first[:, prefix + 3 :], embedded[:, prefix:])
     if deep:  # every block: fresh prompts in the same slots
         for index, x in enumerate(inputs):
-            assert torch.equal(x[:, prefix : prefix + 3], strategy.prompts[index].expand(2, -1, -1))
+            assert torch.equal(x[:, prefix : prefix + 3], inserted(strategy.prompts[index]).expand(2, -1, -1))
 
 
 def test_rollout_multiplies_later_blocks_on_the_left():

@@ -128,7 +128,7 @@ def test_param_groups_decay_prompts_and_matrices_only(tiny_backbone, strategy):
         "vpt-shallow": set(), "vpt-deep": set(), "linear": set(),
         "gapt": {"strategy.gate_logits", "strategy.tau"},
         "lspt": {"strategy.gate_logits", "strategy.tau", "strategy.lstm.bias_ih", "strategy.lstm.bias_hh"},
-        "spt-shallow": set(), "spt-deep": set(),
+        "spt-shallow": set(), "spt-deep": set(), "vfpt": set(), "vfpt-shallow": set(),
     }[strategy]
     assert plain == expected_plain
 
