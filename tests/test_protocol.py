@@ -135,6 +135,9 @@ def test_every_recipe_names_its_protocol_and_lr_convention(path):
         assert train["weight_decay"] == 0.0 and data["strategy"]["dropout"] == 0.1
         assert train.get("lr_scaling", "none") == "none"
         assert "weight_decay" not in data.get("grid", {})  # run.sh fixes it
+    elif strategy.startswith("spt-"):
+        # SPT's train_MAE.py:312-313 / train_MoCo.py:297-299: AdamW at the lr as given, set every step (utils.py:64-76)
+        assert (train["lr_scaling"], train["optimizer"], train["schedule"]) == ("none", "adamw", "per-step")
     else:
         # VPT's tune_fgvc.py:31 / tune_vtab.py:100 scale the configured lr by batch/256
         assert train["lr_scaling"] == "batch/256"
