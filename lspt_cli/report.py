@@ -7,7 +7,8 @@
 - VTAB-1k: the 19 tasks, the Natural (7) / Specialized (4) / Structured (8) group means, and both
   overall conventions, labelled: the mean of the three group means (VPT, GaPT) and the mean over
   the 19 tasks (NOAH and most later PETL papers).
-- The papers' reference numbers (GaPT's paper, arXiv 2306.05067, its FGVC and VTAB-1k tables) side by side, with lspt - paper.
+- The papers' reference numbers side by side, with lspt - paper, each row naming where its numbers come
+  from (REFERENCE_SOURCES): a table of a paper, or a quote nobody here could check, said as such.
 - Every other task (digits, your imagefolder data) goes to a plain "other tasks" table.
 - Every row is labelled with the protocol its runs trained under (`paper` | `lspt`, README
   "Protocol"; a run from before protocols existed counts as `lspt`). Runs of different protocols
@@ -44,8 +45,8 @@ VTAB_TASKS = tuple(t for group in VTAB_GROUPS.values() for t in group)
 VTAB_ALIASES = {"cifar100": "cifar"}
 LEGACY_PROTOCOL = "lspt"  # runs from before the protocol switch trained what `lspt` trains today
 
-# Top-1 % on ViT-B/16 as the papers report them (VPT: Jia et al. 2022; GaPT: Yoo et al. 2023),
-# as GaPT's paper (arXiv 2306.05067) tabulates them for FGVC and VTAB-1k. Keys: (backbone, strategy) -> metric -> value.
+# Top-1 % on ViT-B/16 as the papers report them. Keys: (backbone, strategy) -> metric -> value; where
+# each row comes from is REFERENCE_SOURCES, shown next to the numbers in every format.
 REFERENCE: dict[tuple[str, str], dict[str, float]] = {
     ("mae-vitb", "vpt-shallow"): {"fgvc_mean": 57.84, "natural": 39.96, "specialized": 69.65, "structured": 27.50},
     ("mae-vitb", "vpt-deep"): {"fgvc_mean": 72.02, "natural": 36.02, "specialized": 60.61, "structured": 26.57},
@@ -53,6 +54,19 @@ REFERENCE: dict[tuple[str, str], dict[str, float]] = {
     ("mocov3-vitb", "vpt-shallow"): {"fgvc_mean": 79.26, "natural": 67.34, "specialized": 82.26, "structured": 37.55},
     ("mocov3-vitb", "vpt-deep"): {"fgvc_mean": 83.12, "natural": 70.27, "specialized": 83.04, "structured": 42.38},
     ("mocov3-vitb", "gapt"): {"fgvc_mean": 83.00, "natural": 74.84, "specialized": 83.38, "structured": 49.10},
+    # Issue #22's figures, to one decimal as it gives them; neither paper's tables could be read offline.
+    ("mae-vitb", "spt-deep"): {"natural": 62.5, "specialized": 80.9, "structured": 53.5},
+    ("mae-vitb", "vfpt"): {"natural": 53.6, "specialized": 77.8, "structured": 36.2},
+    ("mocov3-vitb", "vfpt"): {"natural": 77.5, "specialized": 85.8, "structured": 58.7},
+}
+_GAPT_TABLES = "GaPT's paper (arXiv 2306.05067), its FGVC and VTAB-1k tables"
+_UNVERIFIED = "quoted by issue #22, unverified"
+REFERENCE_SOURCES: dict[tuple[str, str], str] = {
+    **{key: _GAPT_TABLES for key in REFERENCE if key[1] in ("vpt-shallow", "vpt-deep", "gapt")},
+    ("mae-vitb", "spt-deep"): f"{_UNVERIFIED} (later papers' figures for SPT, arXiv 2402.02382; "
+                              "SPT's own tables and the variant not checked)",
+    ("mae-vitb", "vfpt"): f"{_UNVERIFIED} (VFPT, arXiv 2411.01327; its tables not checked, its README gives none)",
+    ("mocov3-vitb", "vfpt"): f"{_UNVERIFIED} (VFPT, arXiv 2411.01327; its tables not checked, its README gives none)",
 }
 METRIC_LABELS = {
     "fgvc_mean": "FGVC mean (5)",
@@ -184,6 +198,7 @@ def aggregate(groups: list[Group], mix_protocols: bool = False) -> dict[str, Any
     for backbone, strategy in methods:
         mine = {g.name: g for g in groups if (g.backbone, g.strategy) == (backbone, strategy) and g.benchmark != "other"}
         ref = REFERENCE.get((backbone, strategy), {})
+        source = REFERENCE_SOURCES.get((backbone, strategy))
         fgvc = {t: mine[t] for t in FGVC_TASKS if t in mine and mine[t].benchmark == "fgvc"}
         if fgvc:
             mean = _agg([g.mean for g in fgvc.values()], len(FGVC_TASKS))
@@ -192,7 +207,7 @@ def aggregate(groups: list[Group], mix_protocols: bool = False) -> dict[str, Any
                 "protocol": _row_protocol(list(fgvc.values()), f"the FGVC mean of {backbone} / {strategy}", mix_protocols),
                 "tasks": {t: {"mean": g.mean, "std": g.std, "n": len(g.values), "final": g.final, "protocol": g.protocol}
                           for t, g in fgvc.items()},
-                "fgvc_mean": _with_reference(mean, ref.get("fgvc_mean")),
+                "fgvc_mean": _with_reference(mean, ref.get("fgvc_mean"), source),
             })
         vtab = {t: mine[t] for t in VTAB_TASKS if t in mine and mine[t].benchmark == "vtab"}
         if vtab:
@@ -205,7 +220,7 @@ def aggregate(groups: list[Group], mix_protocols: bool = False) -> dict[str, Any
             group_means = {}
             for group, tasks in VTAB_GROUPS.items():
                 agg = _agg([vtab[t].mean for t in tasks if t in vtab], len(tasks))
-                row[group] = _with_reference(agg, ref.get(group))
+                row[group] = _with_reference(agg, ref.get(group), source)
                 group_means[group] = agg
             present = [a["value"] for a in group_means.values() if a["value"] is not None]
             row["mean_of_groups"] = {
@@ -218,9 +233,10 @@ def aggregate(groups: list[Group], mix_protocols: bool = False) -> dict[str, Any
     return {"fgvc": fgvc_rows, "vtab": vtab_rows, "other": other}
 
 
-def _with_reference(agg: dict[str, Any], reference: float | None) -> dict[str, Any]:
+def _with_reference(agg: dict[str, Any], reference: float | None, source: str | None) -> dict[str, Any]:
     agg = dict(agg)
     agg["reference"] = reference
+    agg["reference_source"] = source if reference is not None else None
     agg["delta"] = (agg["value"] - reference) if (reference is not None and agg["complete"] and agg["value"] is not None) else None
     return agg
 
@@ -273,9 +289,15 @@ def _delta_cell(value: float | None) -> str:
     return "—" if value is None else f"{value:+.2f}"
 
 
-def _table(header: list[str], rows: list[list[str]], right_from: int) -> list[str]:
+def _source_cell(agg: dict[str, Any]) -> str:
+    return agg.get("reference_source") or "—"
+
+
+def _table(header: list[str], rows: list[list[str]], right_from: int, left: tuple[str, ...] = ()) -> list[str]:
+    """A markdown table: columns from `right_from` on are right-aligned (numbers), except those in `left`."""
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if i >= right_from else "---" for i in range(len(header))) + "|"]
+             "|" + "|".join("---:" if i >= right_from and name not in left else "---"
+                            for i, name in enumerate(header)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
@@ -291,9 +313,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
             cells = [_cell(r["tasks"][t]["mean"], r["tasks"][t]["std"]) if t in r["tasks"] else "—" for t in FGVC_TASKS]
             m = r["fgvc_mean"]
             rows.append([r["backbone"], r["strategy"], r["protocol"], *cells, _agg_cell(m), _ref_cell(m["reference"]),
-                         _delta_cell(m["delta"])])
-        lines += _table(["backbone", "strategy", "protocol", *[FGVC_LABELS[t] for t in FGVC_TASKS], "mean", "paper", "Δ"],
-                        rows, 3)
+                         _delta_cell(m["delta"]), _source_cell(m)])
+        lines += _table(["backbone", "strategy", "protocol", *[FGVC_LABELS[t] for t in FGVC_TASKS], "mean", "paper", "Δ",
+                         "paper's source"], rows, 3, left=("paper's source",))
         lines.append("")
     if doc["vtab"]:
         lines += ["### VTAB-1k", ""]
@@ -312,9 +334,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
             for group in VTAB_GROUPS:
                 a = r[group]
                 rows.append([r["backbone"], r["strategy"], r["protocol"], group.capitalize(), _agg_cell(a),
-                             _ref_cell(a["reference"]), _delta_cell(a["delta"])])
+                             _ref_cell(a["reference"]), _delta_cell(a["delta"]), _source_cell(a)])
         lines += ["#### VTAB-1k group means vs. the papers", ""]
-        lines += _table(["backbone", "strategy", "protocol", "group", "lspt", "paper", "Δ"], rows, 4)
+        lines += _table(["backbone", "strategy", "protocol", "group", "lspt", "paper", "Δ", "paper's source"], rows, 4,
+                        left=("paper's source",))
         lines.append("")
     if doc["other"]:
         lines += ["### Other tasks", ""]
@@ -323,8 +346,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines += _table(["backbone", "strategy", "protocol", "task", "runs", "seeds", "test top-1", "val top-1"], rows, 6)
         lines.append("")
     if doc["fgvc"] or doc["vtab"]:
-        lines += ["Paper: ViT-B/16 numbers of VPT (Jia et al. 2022) and GaPT (Yoo et al. 2023) where they report "
-                  "this backbone and strategy; Δ = lspt - paper, only over complete task sets. "
+        lines += ["Paper: the ViT-B/16 numbers reported for this backbone and strategy, where lspt has them "
+                  "(`paper's source` says from where; a number marked unverified is a quote nobody here checked against "
+                  "its paper); Δ = lspt - paper, only over complete task sets. "
                   "`*` = mean over the tasks present (count in brackets).", ""]
     return "\n".join(lines)
 
@@ -333,20 +357,21 @@ def render_csv(doc: dict[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["backbone", "strategy", "protocol", "benchmark", "group", "task", "n", "final", "test_top1_mean",
-                     "test_top1_std", "tasks", "complete", "reference", "delta"])
+                     "test_top1_std", "tasks", "complete", "reference", "delta", "reference_source"])
     for g in doc["groups"]:
         writer.writerow([g["backbone"], g["strategy"], g["protocol"], g["benchmark"], g["vtab_group"] or "", g["task"],
-                         g["n"], g["final"], g["mean"], g["std"], "", "", "", ""])
+                         g["n"], g["final"], g["mean"], g["std"], "", "", "", "", ""])
     for r in doc["fgvc"]:
         a = r["fgvc_mean"]
         writer.writerow([r["backbone"], r["strategy"], r["protocol"], "fgvc", "", "mean", "", "", a["value"], "", a["tasks"],
-                         a["complete"], a["reference"] if a["reference"] is not None else "", _blank(a["delta"])])
+                         a["complete"], a["reference"] if a["reference"] is not None else "", _blank(a["delta"]),
+                         _blank(a["reference_source"])])
     for r in doc["vtab"]:
         for key in (*VTAB_GROUPS, "mean_of_groups", "mean_of_tasks"):
             a = r[key]
             writer.writerow([r["backbone"], r["strategy"], r["protocol"], "vtab", key if key in VTAB_GROUPS else "",
                              "mean" if key in VTAB_GROUPS else key, "", "", a["value"], "", a["tasks"], a["complete"],
-                             _blank(a.get("reference")), _blank(a.get("delta"))])
+                             _blank(a.get("reference")), _blank(a.get("delta")), _blank(a.get("reference_source"))])
     return buf.getvalue()
 
 

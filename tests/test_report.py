@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from lspt_cli.report import FGVC_TASKS, REFERENCE, VTAB_GROUPS, VTAB_TASKS
+from lspt_cli.report import FGVC_TASKS, REFERENCE, REFERENCE_SOURCES, VTAB_GROUPS, VTAB_TASKS
 
 
 def write_run(root, name, task, top1, *, backbone="mae-vitb", strategy="gapt", final=True, seed=42, val=None, metrics=None):
@@ -74,17 +74,21 @@ def test_tables_means_and_reference(cli, fabricated):
     assert other["task"] == "digits" and other["mean"] == 35.0 and other["seeds"] == [1, 2]
 
     md = cli("report", str(root)).stdout
-    assert "| mae-vitb | gapt | lspt | 62.00 ± 2.83 | 63.00 ± 2.83 | 64.00 ± 2.83 | 65.00 ± 2.83 | 66.00 ± 2.83 | 64.00 | 73.39 | -9.39 |" in md
-    assert "| mocov3-vitb | vpt-deep | lspt | 80.00 ± 0.00 | — | — | — | 70.00 ± 0.00 | 75.00* (2/5) | 83.12 | — |" in md
+    gapt_source = "GaPT's paper (arXiv 2306.05067), its FGVC and VTAB-1k tables"
+    assert gapt["fgvc_mean"]["reference_source"] == gapt_source and v["natural"]["reference_source"] == gapt_source
+    assert ("| mae-vitb | gapt | lspt | 62.00 ± 2.83 | 63.00 ± 2.83 | 64.00 ± 2.83 | 65.00 ± 2.83 | 66.00 ± 2.83 | 64.00 "
+            f"| 73.39 | -9.39 | {gapt_source} |") in md
+    assert f"| mocov3-vitb | vpt-deep | lspt | 80.00 ± 0.00 | — | — | — | 70.00 ± 0.00 | 75.00* (2/5) | 83.12 | — | {gapt_source} |" in md
     assert "mean of 3 groups" in md and "mean of 19 tasks" in md
     natural = groups["natural"]
-    assert f"| mae-vitb | gapt | lspt | Natural | {natural:.2f} | 47.61 | {natural - 47.61:+.2f} |" in md
+    assert f"| mae-vitb | gapt | lspt | Natural | {natural:.2f} | 47.61 | {natural - 47.61:+.2f} | {gapt_source} |" in md
     assert "| vit-tiny | lspt | lspt | digits | 2 final | 1,2 | 35.00 ± 7.07 | — |" in md
 
     table = list(csv.DictReader(io.StringIO(cli("report", str(root), "--format", "csv").stdout)))
     agg = {(r["backbone"], r["benchmark"], r["group"], r["task"]): r for r in table}
     assert float(agg[("mae-vitb", "vtab", "", "mean_of_tasks")]["test_top1_mean"]) == pytest.approx(sum(vtab.values()) / 19)
     assert float(agg[("mae-vitb", "vtab", "structured", "mean")]["delta"]) == pytest.approx(groups["structured"] - 36.80)
+    assert agg[("mae-vitb", "vtab", "structured", "mean")]["reference_source"] == gapt_source
     assert float(agg[("mae-vitb", "fgvc", "", "cub")]["test_top1_std"]) == pytest.approx(statistics.stdev(fgvc["cub"]))
 
 
@@ -95,11 +99,58 @@ def test_partial_vtab_and_non_final_runs(cli, tmp_path):
     doc = json.loads(cli("report", str(tmp_path), "--format", "json").stdout)
     (v,) = doc["vtab"]
     assert v["tasks"]["cifar"]["mean"] == 55.0 and not v["tasks"]["cifar"]["final"]
-    assert v["natural"] == {"value": 55.0, "tasks": 1, "of": 7, "complete": False, "reference": 47.61, "delta": None}
+    assert v["natural"] == {"value": 55.0, "tasks": 1, "of": 7, "complete": False, "reference": 47.61, "delta": None,
+                            "reference_source": "GaPT's paper (arXiv 2306.05067), its FGVC and VTAB-1k tables"}
     assert v["structured"]["value"] is None
     assert v["mean_of_groups"]["value"] == pytest.approx(72.5) and not v["mean_of_groups"]["complete"]
     md = cli("report", str(tmp_path)).stdout
     assert "55.00* (1/7)" in md
+
+
+# Issue #22's figures for SPT (MAE) and VFPT (MAE, MoCo v3): VTAB-1k Natural / Specialized / Structured.
+QUOTED = {
+    ("mae-vitb", "spt-deep"): (62.5, 80.9, 53.5),
+    ("mae-vitb", "vfpt"): (53.6, 77.8, 36.2),
+    ("mocov3-vitb", "vfpt"): (77.5, 85.8, 58.7),
+}
+
+
+@pytest.mark.parametrize("backbone, strategy", sorted(QUOTED))
+def test_spt_and_vfpt_runs_are_shown_next_to_the_quoted_numbers(cli, tmp_path, backbone, strategy):
+    """A full VTAB-1k run of spt-deep / vfpt gets the issue's numbers, its delta, and a source that says
+    they are unverified (no paper table was read); its FGVC row gets no paper number at all."""
+    vtab = {t: 40.0 + i for i, t in enumerate(VTAB_TASKS)}
+    for t, value in vtab.items():
+        write_run(tmp_path / "vtab", t, f"vtab/{t}", value, backbone=backbone, strategy=strategy)
+    for t in FGVC_TASKS:
+        write_run(tmp_path / "fgvc", t, t, 70.0, backbone=backbone, strategy=strategy)
+    assert tuple(REFERENCE[(backbone, strategy)][g] for g in VTAB_GROUPS) == QUOTED[(backbone, strategy)]
+    source = REFERENCE_SOURCES[(backbone, strategy)]
+    assert source.startswith("quoted by issue #22, unverified")
+
+    doc = json.loads(cli("report", str(tmp_path), "--format", "json").stdout)
+    (row,) = doc["vtab"]
+    for group, quoted in zip(VTAB_GROUPS, QUOTED[(backbone, strategy)]):
+        mine = statistics.fmean(vtab[t] for t in VTAB_GROUPS[group])
+        assert row[group]["reference"] == quoted and row[group]["delta"] == pytest.approx(mine - quoted)
+        assert row[group]["reference_source"] == source
+    (fgvc,) = doc["fgvc"]
+    assert fgvc["fgvc_mean"]["reference"] is None and fgvc["fgvc_mean"]["reference_source"] is None
+
+    md = cli("report", str(tmp_path)).stdout
+    natural = statistics.fmean(vtab[t] for t in VTAB_GROUPS["natural"])
+    quoted = QUOTED[(backbone, strategy)][0]
+    assert f"| {backbone} | {strategy} | lspt | Natural | {natural:.2f} | {quoted:.2f} | {natural - quoted:+.2f} | {source} |" in md
+    assert f"| {backbone} | {strategy} | lspt | {' | '.join(['70.00 ± 0.00'] * 5)} | 70.00 | — | — | — |" in md
+    table = list(csv.DictReader(io.StringIO(cli("report", str(tmp_path), "--format", "csv").stdout)))
+    structured = next(r for r in table if r["group"] == "structured" and r["task"] == "mean")
+    assert float(structured["reference"]) == QUOTED[(backbone, strategy)][2] and structured["reference_source"] == source
+
+
+def test_every_reference_row_names_its_source():
+    assert set(REFERENCE_SOURCES) == set(REFERENCE)
+    for key, source in REFERENCE_SOURCES.items():
+        assert source.startswith(("GaPT's paper (arXiv 2306.05067)", "quoted by issue #22, unverified")), key
 
 
 def test_no_runs_is_an_error(cli, tmp_path):
