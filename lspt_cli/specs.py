@@ -47,6 +47,20 @@ class BackboneSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     interpolation: str | None = None
+    # What `lspt list backbones` and the README's "Backbones" table say about pre-trained weights.
+    patch_size: int | None = 16  # None: the model's own (a family such as timm/*)
+    weights_files: tuple[str, ...] = ()  # the official file names, the one to download first; <cache dir>/weights/ holds them
+    weights_url: str = ""  # where the first file is downloaded (the offline error names it)
+    layout: str = ""  # the checkpoint layouts `--weights` accepts and how they become timm's keys
+    citation: str = ""  # the paper the weights come from
+    readout_note: str = ""  # the authors' evaluation readout (cited) and what the default readout follows
+    find_weights: Factory | None = None  # (name) -> a weights file already on disk, or None; never the network
+
+    def tokens(self) -> int | None:
+        """Tokens per image entering the first block (prefix + patches) at `input_size`, or None."""
+        if not self.input_size or not self.patch_size:
+            return None
+        return (self.input_size // self.patch_size) ** 2 + self.num_prefix_tokens
 
 
 @dataclass(frozen=True)
