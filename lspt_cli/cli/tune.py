@@ -162,10 +162,11 @@ def register(app: typer.Typer) -> None:
             if not quiet:
                 for note in config.notes:
                     warning_line(note)
+        memory = _say_memory(config, host, quiet)  # before training: what the backbone needs, and whether it fits
         if dry_run:
             options = host.strategies.get(config.strategy).options(config.strategy_config)
             print_json({**config.to_json(), "strategy_options": options, "lr_trained": config.train.scaled_lr,
-                        "run_dir": str(run_dir)})
+                        "run_dir": str(run_dir), "memory": memory})
             return
         from ..loggers import check_loggers
 
@@ -212,6 +213,20 @@ def _resume_config(ctx, config, changes: dict):
     config.train = dataclasses.replace(config.train, **{k: v for k, v in changes.items() if v is not None})
     config.train.validate("--resume")
     return config
+
+
+def _say_memory(config, host, quiet: bool) -> dict | None:
+    """One line on stderr before the run: the backbone's parameters, tokens per image and the memory
+    the run needs against what is free, and a warning suggesting --grad-checkpointing (then a
+    smaller batch) when it will not fit (engine/memory_estimate.py). A warning, never a refusal."""
+    from ..engine.memory_estimate import run_memory
+
+    memory = run_memory(config, host)
+    if memory and not quiet and os.environ.get("RANK", "0") == "0":
+        info(memory["line"])
+        for index, line in enumerate(memory["warnings"]):
+            warning_line(line) if index == 0 else info("  " + line)
+    return memory
 
 
 def _check_task_ready(task: str) -> None:
