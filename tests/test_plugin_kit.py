@@ -456,6 +456,37 @@ def test_scaffold_kinds_pass_the_checks(tmp_path, kind, component):
     assert report.kind == kind and report.ok and not any(r.status == "skip" for r in report.results), "\n".join(report.lines())
 
 
+def test_scaffold_data_init_strategy_passes_the_checks(tmp_path, tiny_backbone):
+    """`--data-init`: the generated strategy implements init_from_data, and `lspt plugins check` runs its
+    data-aware init check (not "none") and passes every check."""
+    import importlib
+
+    result = run_cli("plugins", "new", "mean-tokens", "--kind", "strategy", "--data-init", "--dir", str(tmp_path),
+                     "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json["data_init"] is True and result.json["kind"] == "strategy"
+    pkg = Path(result.json["path"])
+    assert "--kind strategy --data-init" in (pkg / "README.md").read_text()
+    assert "def init_from_data(self, backbone, images):" in (pkg / "lspt_mean_tokens" / "strategy.py").read_text()
+    sys.path.insert(0, str(pkg))
+    try:
+        module = importlib.import_module("lspt_mean_tokens")
+        with register_plugin(module):
+            report = run_check("mean-tokens")
+        strategy = importlib.import_module("lspt_mean_tokens.strategy").MeanTokens
+        built = strategy(tiny_backbone.dims, num_prompts=2, init_images=5)
+        assert built.data_init_images == 5 and built.config() == {"num_prompts": 2, "init_images": 5}
+        with pytest.raises(ConfigError, match="init_images must be an integer >= 1, got 0"):
+            strategy(tiny_backbone.dims, init_images=0)
+    finally:
+        sys.path.remove(str(pkg))
+        for name in [m for m in sys.modules if m.startswith("lspt_mean_tokens")]:
+            sys.modules.pop(name)
+    assert report.ok and not any(r.status == "skip" for r in report.results), "\n".join(report.lines())
+    (init,) = [r for r in report.results if r.check == "data-aware init"]
+    assert init.status == "ok" and "ran once per run" in init.message, init.message
+
+
 def test_scaffold_refuses_bad_names_and_existing_folders(tmp_path):
     bad = run_cli("plugins", "new", "My_Plugin", "--kind", "strategy", "--dir", str(tmp_path))
     assert bad.exit_code == 2 and bad.stderr.startswith("Error: plugin name 'My_Plugin' must be lowercase")
@@ -464,29 +495,36 @@ def test_scaffold_refuses_bad_names_and_existing_folders(tmp_path):
     assert run_cli("plugins", "new", "x", "--kind", "strategy", "--dir", str(tmp_path)).exit_code == 0
     again = run_cli("plugins", "new", "x", "--kind", "strategy", "--dir", str(tmp_path))
     assert again.exit_code == 2 and "already exists" in again.stderr
+    wrong = run_cli("plugins", "new", "y", "--kind", "dataset", "--data-init", "--dir", str(tmp_path))
+    assert wrong.exit_code == 2 and "Error: --data-init generates a data-initialised strategy; --kind dataset" in wrong.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lspt-x"]  # no temporary folder left behind
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("installed-plugins")  # pip-installs into this environment (`pytest -n`: alone)
-def test_generated_strategy_plugin_installs_passes_its_tests_and_the_check(tmp_path):
-    """`lspt plugins new` output, unchanged: pip install -e, its own pytest, `lspt plugins check`."""
-    assert run_cli("plugins", "new", "kit-prompts", "--kind", "strategy", "--dir", str(tmp_path)).exit_code == 0
-    pkg = tmp_path / "lspt-kit-prompts"
+@pytest.mark.parametrize("component, flags, passed, data_init", [("kit-prompts", [], 4, "none (data_init_images = 0)"),
+                                                                 ("kit-mean-tokens", ["--data-init"], 5, "32 images")])
+def test_generated_strategy_plugin_installs_passes_its_tests_and_the_check(tmp_path, component, flags, passed, data_init):
+    """`lspt plugins new` output, unchanged: pip install -e, its own pytest, `lspt plugins check` (with
+    --data-init: its init_from_data runs in the data-aware init check)."""
+    assert run_cli("plugins", "new", component, "--kind", "strategy", *flags, "--dir", str(tmp_path)).exit_code == 0
+    pkg = tmp_path / f"lspt-{component}"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     subprocess.run([*pip, "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", str(pkg)], check=True,
                    capture_output=True)
     try:
         tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=pkg,
                                env=_pytest_env(), capture_output=True, text=True)
-        assert tests.returncode == 0 and re.search(r"\b4 passed\b", tests.stdout), tests.stdout[-3000:]
+        assert tests.returncode == 0 and re.search(rf"\b{passed} passed\b", tests.stdout), tests.stdout[-3000:]
         check = run_cli("plugins", "check", "--json", subprocess_mode=True, home=tmp_path / "home",
-                        env={"LSPT_LOAD_PLUGINS": "lspt-kit-prompts"})
+                        env={"LSPT_LOAD_PLUGINS": f"lspt-{component}"})
         assert check.exit_code == 0, check.stdout + check.stderr
-        assert [c["name"] for c in check.json["components"]] == ["kit-prompts"]
-        assert len(check.json["components"][0]["checks"]) == 9 and check.json["ok"]
+        assert [c["name"] for c in check.json["components"]] == [component]
+        checks = check.json["components"][0]["checks"]
+        assert len(checks) == 9 and check.json["ok"]
+        assert [c for c in checks if c["check"] == "data-aware init"][0]["message"].startswith(data_init), checks
     finally:
-        subprocess.run([*pip, "uninstall", "--yes", "--quiet", "lspt-kit-prompts"], check=True, capture_output=True)
+        subprocess.run([*pip, "uninstall", "--yes", "--quiet", f"lspt-{component}"], check=True, capture_output=True)
 
 
 def test_the_worked_strategy_in_docs_passes_every_check():

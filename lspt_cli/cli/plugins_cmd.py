@@ -121,7 +121,10 @@ def register(app: typer.Typer) -> None:
     def new(
         name: str = typer.Argument(..., help="Plugin name, e.g. my-prompts: distribution lspt-my-prompts, module "
                                    "lspt_my_prompts, component my-prompts.", show_default=False),
-        kind: str = typer.Option(..., "--kind", help="strategy, dataset or backbone.", show_default=False),
+        kind: str = typer.Option(..., "--kind", help="strategy, dataset, backbone, logger or executor.",
+                                 show_default=False),
+        data_init: bool = typer.Option(False, "--data-init", help="With --kind strategy: prompts initialised from "
+                                       "the task's training images by init_from_data (as SPT's are)."),
         directory: Path = typer.Option(Path("."), "--dir", help="Where to create the package folder."),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ):
@@ -129,10 +132,11 @@ def register(app: typer.Typer) -> None:
         tests using lspt_cli.testing, and a README. It passes `pip install -e`, pytest and `lspt plugins check`."""
         from ..scaffold import names_for, write_scaffold
 
-        dest, files = write_scaffold(name, kind, directory)
+        dest, files = write_scaffold(name, kind, directory, data_init=data_init)
         component = names_for(name).component
         if json_:
-            print_json({"path": str(dest), "component": component, "kind": kind, "files": files})
+            print_json({"path": str(dest), "component": component, "kind": kind, "data_init": data_init,
+                        "files": files})
             return
         out.print(f"wrote {dest}: {', '.join(files)}", markup=False, highlight=False)
         err.print(f"next: cd {dest} && pip install -e '.[test]' && python -m pytest && lspt plugins check {component}",
