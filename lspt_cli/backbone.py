@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .backbone_dims import VIT_B16, BackboneDims  # noqa: F401  (re-exported)
-from .specs import READOUTS, canonical_readout  # noqa: F401  (re-exported)
+from .specs import READOUTS, canonical_readout, readout_dim  # noqa: F401  (re-exported)
 
 # VPT's fc_norm: nn.LayerNorm(embed_dim, eps=1e-6) built fresh (KMnP/vpt src/models/vit_backbones/
 # vit_mae.py:62-64 norm_layer=partial(nn.LayerNorm, eps=1e-6), :21-26 fc_norm = norm_layer(...))
@@ -31,7 +31,7 @@ class FrozenBackbone(nn.Module):
 
     `readout` is the default readout (a key of specs.READOUTS; a run may pick another, see
     `read_out`). `source` says where the weights came from; `data_config` is timm's (input_size,
-    mean, std, ...).
+    mean, std, ...). `timm_model` is timm's name of the architecture (recorded in bundles).
     """
 
     def __init__(
@@ -42,10 +42,12 @@ class FrozenBackbone(nn.Module):
         source: str = "random init",
         weights_file: Path | None = None,
         data_config: dict[str, Any] | None = None,
+        timm_model: str | None = None,
     ):
         super().__init__()
         self.model = model
         self.name = name
+        self.timm_model = timm_model
         self.readout = canonical_readout(readout)
         self.source = source
         self.weights_file = Path(weights_file) if weights_file else None
@@ -76,6 +78,26 @@ class FrozenBackbone(nn.Module):
     def blocks(self) -> nn.ModuleList:
         return self.model.blocks
 
+    @property
+    def img_size(self) -> tuple[int, int]:
+        """(height, width) of the images the model is built for (`--img-size`; pos_embed's grid)."""
+        size = self.model.patch_embed.img_size
+        return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+
+    def feature_dim(self, readout: str | None = None) -> int:
+        """The width of `read_out`'s vector for `readout` (None: the default): the head's input."""
+        return readout_dim(self.readout if readout is None else readout, self.dims.embed_dim)
+
+    def identity(self) -> dict[str, Any]:
+        """What a bundle records to rebuild and recognise this backbone (`lspt.backbone` metadata):
+        name, fingerprint, source, the weights file, the input size, and timm's model name."""
+        info: dict[str, Any] = {"name": self.name, "fingerprint": self.fingerprint, "source": self.source,
+                                "weights": str(self.weights_file.resolve()) if self.weights_file else None,
+                                "img_size": list(self.img_size)}
+        if self.timm_model:
+            info["timm_model"] = self.timm_model
+        return info
+
     def train(self, mode: bool = True) -> "FrozenBackbone":
         """The backbone never leaves eval mode (no dropout, no drop-path, frozen statistics)."""
         return super().train(False)
@@ -98,11 +120,20 @@ class FrozenBackbone(nn.Module):
           `norm` and builds a fresh `fc_norm` the checkpoint does not hold, and prompt tuning
           freezes it: KMnP/vpt src/models/vit_backbones/vit_mae.py:21-26, vit_prompt/vit_mae.py:
           122-124, build_vit_backbone.py:60 strict=False, vit_models.py:319-322).
+        - "cls+mean": [norm(x)[CLS], mean of norm(x) over the image patch tokens], 2 x D. DINOv2's
+          linear evaluation: the final norm on every token, the CLS token concatenated with the
+          mean of the patch tokens, registers left out (facebookresearch/dinov2
+          dinov2/models/vision_transformer.py:312-314, dinov2/eval/linear.py:171-183). Prompts are
+          not patch tokens and are left out too: the patches are the last `num_patches` tokens.
         `readout` None: this backbone's default.
         """
         readout = self.readout if readout is None else canonical_readout(readout)
         if readout == "cls":
             return self.model.norm(x)[:, 0]
+        if readout == "cls+mean":
+            normed = self.model.norm(x)
+            patches = normed[:, normed.shape[1] - self.model.patch_embed.num_patches :]
+            return torch.cat([normed[:, 0], patches.mean(dim=1)], dim=-1)
         pooled = x[:, self.model.num_prefix_tokens :].mean(dim=1)
         if readout == "mean-ln":
             return nn.functional.layer_norm(pooled, pooled.shape[-1:], eps=MEAN_LN_EPS)
@@ -144,13 +175,18 @@ def state_dict_fingerprint(state: dict[str, torch.Tensor]) -> str:
 
 
 def cached_fingerprint(model: nn.Module, weights_file: Path | None) -> str:
-    """Fingerprint a model; with a weights file, remember it by (path, size, mtime) in the cache dir."""
+    """Fingerprint a model; with a weights file, remember it by (path, size, mtime, input size) in
+    the cache dir. The same file at the same --img-size always has the same fingerprint; at another
+    size pos_embed is resampled, so the fingerprint differs (bundles check the size first)."""
     if weights_file is None:
         return state_dict_fingerprint(model.state_dict())
     from . import atomic, paths
 
     stat = weights_file.stat()
+    size = tuple(getattr(getattr(model, "patch_embed", None), "img_size", ()) or ())
     key = f"{weights_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{type(model).__name__}"
+    if size:
+        key += "|" + "x".join(str(int(v)) for v in size)
     cache_file = paths.cache_dir() / "fingerprints.json"
     try:
         cache = json.loads(cache_file.read_text())

@@ -118,6 +118,9 @@ class Registry(Generic[S]):
             return self._specs[name]
         except KeyError:
             pass
+        member = self._family_member(name)
+        if member is not None:
+            return member
         available = sorted(self._specs)
         records = list(self.host.records.values()) if self.host is not None else []
         close = difflib.get_close_matches(name, available, n=3)
@@ -129,7 +132,33 @@ class Registry(Generic[S]):
         raise UsageError(f"unknown {self.kind} '{name}'; available: {shorten_list(available, 30)}", hint=hint)
 
     def provider(self, name: str) -> str:
-        return self._provider[name]
+        family = self._family_of(name)
+        return self._provider[family.name if family is not None and name not in self._specs else name]
+
+    # -- families: one spec named "prefix/*" stands for every "prefix/<member>" -----------------
+    def _family_of(self, name: str) -> S | None:
+        """The family spec ("timm/*") whose prefix `name` ("timm/vit_small_patch14_dinov2") carries."""
+        prefix, slash, member = name.partition("/")
+        if not slash or not member or member == "*" or name in self._specs:
+            return None
+        return self._specs.get(f"{prefix}/*")
+
+    def _family_member(self, name: str) -> S | None:
+        """A spec for one member of a family: the family's, renamed, its factory told which member.
+
+        Only backbones have families (`--backbone timm/<model>`, docs/backbones.md); an exactly
+        registered name always wins over a family."""
+        family = self._family_of(name)
+        if family is None or not isinstance(family, BackboneSpec):
+            return None
+        import dataclasses
+
+        member = name.partition("/")[2]
+        return dataclasses.replace(family, name=name, factory=FamilyFactory(family.factory, member))
+
+    def is_family(self, name: str) -> bool:
+        """True for a family pattern itself ("timm/*"): it names no model to build."""
+        return name.endswith("/*") and name in self._specs
 
     def names(self, pattern: str | None = None) -> list[str]:
         names = sorted(self._specs)
@@ -138,6 +167,10 @@ class Registry(Generic[S]):
         return names
 
     def __contains__(self, name: object) -> bool:
+        return name in self._specs or (isinstance(name, str) and self._family_member(name) is not None)
+
+    def registered(self, name: str) -> bool:
+        """Registered under exactly this name (a family's members are not)."""
         return name in self._specs
 
     def __iter__(self):
@@ -145,6 +178,21 @@ class Registry(Generic[S]):
 
     def __len__(self) -> int:
         return len(self._specs)
+
+
+@dataclass(frozen=True)
+class FamilyFactory:
+    """The factory of one family member: the family's factory, called with `model=<member>`.
+
+    `timm/*`'s factory is `load_timm_family(weights, *, model, **options)`; `timm/vit_x` resolves to
+    a spec whose factory is `FamilyFactory(that, "vit_x")`, so every caller builds it as any
+    other backbone: `factory(weights, **options)`."""
+
+    factory: Factory
+    member: str
+
+    def __call__(self, weights=None, **options):
+        return resolve_factory(self.factory)(weights, model=self.member, **options)
 
 
 _REGISTER_HOOKS = {
@@ -260,7 +308,7 @@ class PluginHost:
                     )
                 registry = self.registry(_kind)
                 name = getattr(spec, "name", None)
-                if isinstance(spec, registry.spec_type) and isinstance(name, str) and name in registry:
+                if isinstance(spec, registry.spec_type) and isinstance(name, str) and registry.registered(name):
                     # a name clash drops only the clashing component, and says so (the rest of the plugin loads)
                     first = self.record_of(registry.provider(name))
                     why = (f"{_kind} '{name}' is registered twice: by {first.described} and by "

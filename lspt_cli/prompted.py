@@ -150,7 +150,7 @@ class PromptedViT(nn.Module):
         # the run's readout (a key of specs.READOUTS); None = the backbone's default. Kept here, not
         # on the backbone, so bundles with different readouts can share one backbone (forward_shared).
         self.readout = canonical_readout(readout or backbone.readout)
-        self.head = nn.Linear(backbone.dims.embed_dim, num_classes)
+        self.head = nn.Linear(backbone.feature_dim(self.readout), num_classes)  # 2 x D for cls+mean
         init_head(self.head, head_init)
         # --grad-checkpointing: training forwards keep only each block's input and recompute the
         # block in backward (the strategy hooks between blocks run once, as without it)
@@ -234,16 +234,37 @@ def build_strategy(name: str, dims: BackboneDims, config: dict[str, Any] | None 
     return strategy
 
 
-def load_backbone(name: str, weights=None, host=None) -> FrozenBackbone:
-    """Instantiate a registered backbone (weights: a file, or None for cache/hub/random)."""
+def load_backbone(name: str, weights=None, host=None, img_size: int | None = None) -> FrozenBackbone:
+    """Instantiate a registered backbone (weights: a file, or None for cache/hub/random).
+
+    `img_size` (`--img-size`, a bundle's recorded size; None or 0: the backbone's own) is passed to
+    the factory as `img_size=` only when set, so factories that take no size keep working; one that
+    does not accept it is refused by name. `timm/<model>` resolves through the registry's family."""
+    from .errors import UsageError
     from .plugins import get_host
     from .plugins import resolve_factory
 
     host = host or get_host()
     spec = host.backbones.get(name)
-    backbone = resolve_factory(spec.factory)(weights)
+    if host.backbones.is_family(name):
+        raise UsageError(f"backbone '{name}' is a family, not a model: name one, e.g. "
+                         f"{name[:-1]}vit_small_patch14_dinov2", hint="see docs/backbones.md, 'Bring your own ViT'")
+    factory = resolve_factory(spec.factory)
+    if img_size:
+        try:
+            backbone = factory(weights, img_size=int(img_size))
+        except TypeError as exc:
+            if "unexpected keyword argument 'img_size'" not in str(exc):
+                raise
+            raise UsageError(f"backbone '{name}' cannot be built at another input size (its factory takes no "
+                             f"img_size); drop --img-size {img_size}") from None
+    else:
+        backbone = factory(weights)
     if not isinstance(backbone, FrozenBackbone):
         raise TypeError(f"backbone '{name}' factory returned {type(backbone).__name__}, not a FrozenBackbone")
+    if img_size and backbone.img_size != (int(img_size), int(img_size)):
+        raise UsageError(f"backbone '{name}' was asked for --img-size {img_size} but built for "
+                         f"{backbone.img_size[0]}x{backbone.img_size[1]}")
     return backbone
 
 

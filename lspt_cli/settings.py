@@ -142,6 +142,9 @@ SETTINGS: tuple[Setting, ...] = (
             by_protocol={"paper": "split", "lspt": "per-rank"}),
     Setting("readout", str, "", "cls, mean-norm (GaPT's MAE readout) or mean-ln (VPT's).", choices=("", *READOUTS),
             default_text="the backbone's"),
+    Setting("img_size", int, 0, "Input size N: N x N images, position embeddings resampled to the grid as the "
+            "model's authors do (docs/backbones.md); a multiple of the patch size. 0 = the backbone's own size.",
+            "lspt", Rule(int, 0, 8192), default_text="the backbone's"),
     Setting("seed", int, 42, "Random seed (init, data order, augmentation, dropout).",
             "KMnP/vpt's first seed (42, 44, 82, 100, 800)", Rule(int, 0, MAX_SEED)),
     Setting("num_workers", int, 0, "Data-loader worker processes (results do not depend on it).", rule=Rule(int, 0, 256),

@@ -14,13 +14,23 @@ Factory = Union[Callable[..., Any], str]
 
 
 # How the final tokens become one feature vector (docs/backbones.md, readouts); a run picks one
-# with the `readout` key / `--readout`, else its backbone's default. "mean" is "mean-norm"'s old name.
+# with the `readout` key / `--readout`, else its backbone's default. "mean" is "mean-norm"'s old name
+# and stays one (bundles and recipes written with it keep their meaning).
 READOUTS = {
     "cls": "the CLS token after the pre-trained final norm (VPT/GaPT on MoCo v3 and supervised ViTs)",
-    "mean-norm": "mean of the tokens after CLS, then the pre-trained final norm (GaPT's MAE readout)",
-    "mean-ln": "mean of the tokens after CLS, then a fresh LayerNorm with identity affine (VPT's MAE readout)",
+    "mean-norm": "mean of the tokens after the prefix (CLS, registers), then the pre-trained final norm (GaPT's MAE readout)",
+    "mean-ln": "mean of the tokens after the prefix, then a fresh LayerNorm with identity affine (VPT's MAE readout)",
+    "cls+mean": "the CLS token and the mean of the patch tokens, each after the final norm, concatenated: "
+                "twice the width (DINOv2's linear evaluation)",
 }
 READOUT_ALIASES = {"mean": "mean-norm"}
+# How many embed_dim-wide vectors a readout concatenates (the head's input is this times embed_dim).
+READOUT_WIDTH = {"cls+mean": 2}
+
+
+def readout_dim(readout: str, embed_dim: int) -> int:
+    """The width of a readout's feature vector: what the linear head takes."""
+    return READOUT_WIDTH.get(canonical_readout(readout), 1) * int(embed_dim)
 
 
 def canonical_readout(name: str) -> str:

@@ -175,7 +175,7 @@ class Trainer:
                     f"task '{self.config.task}' has no '{split}' split in its manifest",
                     hint=f"re-run: lspt prepare-data {self.config.task} --root DIR",
                 )
-        backbone = load_backbone(self.config.backbone, self.config.weights, host=self.host)
+        backbone = load_backbone(self.config.backbone, self.config.weights, host=self.host, img_size=cfg.img_size or None)
         self.backbone = backbone
         data_cfg = backbone.data_config
         self.input_size = int(data_cfg["input_size"][-1])
@@ -207,10 +207,9 @@ class Trainer:
         self._speed_up(strategy)
         self.speed.update(data_init)  # summary.json: data_init_images, data_init_seconds
         self.state_meta = {
-            "backbone": {
+            "backbone": {  # backbone.identity(): also the input size and timm's model name (restore rebuilds it)
+                **backbone.identity(),
                 "name": self.config.backbone,
-                "fingerprint": backbone.fingerprint,
-                "source": backbone.source,
                 "weights": str(Path(self.config.weights).resolve()) if self.config.weights else None,
                 "readout": self.model.readout,
             },
