@@ -98,14 +98,29 @@ def all_fakes() -> list[tuple[str, str]]:
     return [(name, variant) for name, (family, _) in SPECS.items() for variant in VARIANTS[family]]
 
 
-def fake_checkpoint(spec: str, variant: str = "", seed: int = 0) -> FakeCheckpoint:
-    """The fake official checkpoint of `spec` ("" = the main file; "full", "linear" as in VARIANTS)."""
+@dataclass(frozen=True)
+class Dims:
+    """The fake's size: width, blocks, patches per side, and the scale of its random tensors."""
+
+    dim: int = TINY_DIM
+    depth: int = TINY_DEPTH
+    grid: int = TINY_GRID
+    scale: float = 1.0
+
+
+def fake_checkpoint(spec: str, variant: str = "", seed: int = 0, *, embed_dim: int = TINY_DIM,
+                    depth: int = TINY_DEPTH, grid: int = TINY_GRID, scale: float = 1.0) -> FakeCheckpoint:
+    """The fake official checkpoint of `spec` ("" = the main file; "full", "linear" as in VARIANTS).
+
+    By default tiny; `embed_dim`, `depth` and `grid` (patches per side of the file's pos_embed, e.g.
+    the real width and 14 for 224 px at patch 16, or 37 for DINOv2's 518 px) give a larger one, and
+    `scale` shrinks the random tensors (0.02 keeps a deep random ViT finite)."""
     family, patch = SPECS[spec]
     if variant not in VARIANTS[family]:
         raise ValueError(f"{spec} has no variant {variant!r}; it has {VARIANTS[family]}")
     gen = torch.Generator().manual_seed(seed)
     build = {"mae": _mae, "mocov3": _mocov3, "dino": _dino, "dinov2": _dinov2, "ibot": _ibot}[family]
-    fake = build(spec, variant, patch, gen)
+    fake = build(spec, variant, patch, gen, Dims(embed_dim, depth, grid, scale))
     if variant:
         stem = OFFICIAL_FILES[spec].split(".")[0]
         arch = "vit-s" if spec.endswith("vits") else "vit-b"
@@ -145,20 +160,20 @@ def vit_shapes(dim: int, depth: int, patch: int, grid: int, *, layerscale: bool 
     return shapes
 
 
-def random_state(shapes: dict[str, tuple[int, ...]], gen: torch.Generator) -> dict[str, torch.Tensor]:
-    return {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+def random_state(shapes: dict[str, tuple[int, ...]], gen: torch.Generator, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    return {k: torch.randn(s, generator=gen) * scale for k, s in shapes.items()}
 
 
-def _tiny_kwargs(patch: int, grid: int = TINY_GRID) -> dict:
+def _model_kwargs(patch: int, d: Dims) -> dict:
     """The spec's timm model at the fake's size (the head count stays the spec's own)."""
-    return dict(img_size=grid * patch, embed_dim=TINY_DIM, depth=TINY_DEPTH)
+    return dict(img_size=d.grid * patch, embed_dim=d.dim, depth=d.depth)
 
 
-def _backbone(patch: int, gen: torch.Generator, grid: int = TINY_GRID, **kinds) -> dict[str, torch.Tensor]:
-    return random_state(vit_shapes(TINY_DIM, TINY_DEPTH, patch, grid, **kinds), gen)
+def _backbone(patch: int, gen: torch.Generator, d: Dims, **kinds) -> dict[str, torch.Tensor]:
+    return random_state(vit_shapes(d.dim, d.depth, patch, d.grid, **kinds), gen, d.scale)
 
 
-def _mlp_head(prefix: str, gen: torch.Generator, dim: int = TINY_DIM, hidden: int = 16, out: int = 8) -> dict:
+def _mlp_head(prefix: str, gen: torch.Generator, dim: int, hidden: int = 16, out: int = 8) -> dict:
     """A projection head (DINOHead / iBOTHead / MoCo's MLP, abridged: its keys are all dropped)."""
     return {
         f"{prefix}mlp.0.weight": torch.randn(hidden, dim, generator=gen),
@@ -169,15 +184,15 @@ def _mlp_head(prefix: str, gen: torch.Generator, dim: int = TINY_DIM, hidden: in
 
 
 # -- per family -----------------------------------------------------------------------------------
-def _mae(spec: str, variant: str, patch: int, gen: torch.Generator) -> FakeCheckpoint:
-    encoder = _backbone(patch, gen)
+def _mae(spec: str, variant: str, patch: int, gen: torch.Generator, d: Dims) -> FakeCheckpoint:
+    encoder = _backbone(patch, gen, d)
     model = dict(encoder)
     dropped: list[str] = []
     if variant == "full":  # models_mae.py MaskedAutoencoderViT: the decoder and its mask token
         decoder = {
             "mask_token": torch.randn(1, 1, 32, generator=gen),
-            "decoder_pos_embed": torch.randn(1, TINY_GRID ** 2 + 1, 32, generator=gen),
-            "decoder_embed.weight": torch.randn(32, TINY_DIM, generator=gen),
+            "decoder_pos_embed": torch.randn(1, d.grid ** 2 + 1, 32, generator=gen),
+            "decoder_embed.weight": torch.randn(32, d.dim, generator=gen),
             "decoder_embed.bias": torch.randn(32, generator=gen),
             "decoder_blocks.0.norm1.weight": torch.randn(32, generator=gen),
             "decoder_norm.weight": torch.randn(32, generator=gen),
@@ -186,7 +201,7 @@ def _mae(spec: str, variant: str, patch: int, gen: torch.Generator) -> FakeCheck
         model.update(decoder)
         dropped = list(decoder)
     obj = {"model": model}
-    return FakeCheckpoint(spec, variant, OFFICIAL_FILES[spec], obj, _tiny_kwargs(patch), encoder, dropped)
+    return FakeCheckpoint(spec, variant, OFFICIAL_FILES[spec], obj, _model_kwargs(patch, d), encoder, dropped)
 
 
 def _moco_mlp(prefix: str, gen: torch.Generator, dim: int) -> dict[str, torch.Tensor]:
@@ -205,35 +220,35 @@ def _moco_mlp(prefix: str, gen: torch.Generator, dim: int) -> dict[str, torch.Te
     }
 
 
-def _mocov3(spec: str, variant: str, patch: int, gen: torch.Generator) -> FakeCheckpoint:
-    encoder = _backbone(patch, gen)
+def _mocov3(spec: str, variant: str, patch: int, gen: torch.Generator, d: Dims) -> FakeCheckpoint:
+    encoder = _backbone(patch, gen, d)
     arch = "vit_small" if spec.endswith("vits") else "vit_base"
     if variant == "linear":  # main_lincls.py: the frozen encoder + a trained Linear, under DDP
-        head = {"head.weight": torch.randn(10, TINY_DIM, generator=gen), "head.bias": torch.randn(10, generator=gen)}
+        head = {"head.weight": torch.randn(10, d.dim, generator=gen), "head.bias": torch.randn(10, generator=gen)}
         state = {f"module.{k}": v for k, v in {**encoder, **head}.items()}
         obj = {"epoch": 90, "arch": arch, "state_dict": state, "best_acc1": torch.tensor(73.2),
                "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}}
         dropped = [f"module.{k}" for k in head]
     else:
         state = {f"module.base_encoder.{k}": v for k, v in encoder.items()}
-        extra = {f"module.base_encoder.{k}": v for k, v in _moco_mlp("head.", gen, TINY_DIM).items()}
+        extra = {f"module.base_encoder.{k}": v for k, v in _moco_mlp("head.", gen, d.dim).items()}
         extra.update({f"module.momentum_encoder.{k}": v + 1 for k, v in encoder.items()})
-        extra.update({f"module.momentum_encoder.{k}": v for k, v in _moco_mlp("head.", gen, TINY_DIM).items()})
+        extra.update({f"module.momentum_encoder.{k}": v for k, v in _moco_mlp("head.", gen, d.dim).items()})
         extra.update({f"module.predictor.{k}": v for k, v in _moco_mlp("", gen, 8).items()})
         state.update(extra)
         obj = {"epoch": 300, "arch": arch, "state_dict": state,
                "optimizer": {"state": {}, "param_groups": [{"lr": 1.5e-4, "params": [0, 1]}]},
                "scaler": {"scale": 65536.0, "growth_factor": 2.0}}
         dropped = list(extra)
-    return FakeCheckpoint(spec, variant, OFFICIAL_FILES[spec], obj, _tiny_kwargs(patch), encoder, dropped)
+    return FakeCheckpoint(spec, variant, OFFICIAL_FILES[spec], obj, _model_kwargs(patch, d), encoder, dropped)
 
 
-def _teacher_student(encoder: dict, gen: torch.Generator, loss_key: str) -> tuple[dict, list[str]]:
+def _teacher_student(encoder: dict, gen: torch.Generator, loss_key: str, dim: int) -> tuple[dict, list[str]]:
     """A DINO/iBOT training checkpoint: teacher `backbone.`/`head.`, student under `module.` too.
 
     The real file also pickles the training `args` (an argparse.Namespace); it is left out here
     because lspt refuses any pickled object (tests/test_backbone_catalog.py checks that refusal)."""
-    head = _mlp_head("head.", gen)
+    head = _mlp_head("head.", gen, dim)
     teacher = {**{f"backbone.{k}": v for k, v in encoder.items()}, **head}
     student = {f"module.{k}": v + 1 for k, v in teacher.items()}
     obj = {"student": student, "teacher": teacher,
@@ -243,33 +258,33 @@ def _teacher_student(encoder: dict, gen: torch.Generator, loss_key: str) -> tupl
     return obj, list(head)
 
 
-def _dino(spec: str, variant: str, patch: int, gen: torch.Generator) -> FakeCheckpoint:
-    encoder = _backbone(patch, gen)
+def _dino(spec: str, variant: str, patch: int, gen: torch.Generator, d: Dims) -> FakeCheckpoint:
+    encoder = _backbone(patch, gen, d)
     if variant == "full":
-        obj, dropped = _teacher_student(encoder, gen, "dino_loss")
+        obj, dropped = _teacher_student(encoder, gen, "dino_loss", d.dim)
     else:
         obj, dropped = dict(encoder), []
-    return FakeCheckpoint(spec, variant, OFFICIAL_FILES[spec], obj, _tiny_kwargs(patch), encoder, dropped)
+    return FakeCheckpoint(spec, variant, OFFICIAL_FILES[spec], obj, _model_kwargs(patch, d), encoder, dropped)
 
 
-def _ibot(spec: str, variant: str, patch: int, gen: torch.Generator) -> FakeCheckpoint:
-    encoder = _backbone(patch, gen)
+def _ibot(spec: str, variant: str, patch: int, gen: torch.Generator, d: Dims) -> FakeCheckpoint:
+    encoder = _backbone(patch, gen, d)
     if variant == "full":
-        obj, dropped = _teacher_student(encoder, gen, "ibot_loss")
+        obj, dropped = _teacher_student(encoder, gen, "ibot_loss", d.dim)
     else:
         obj, dropped = {"state_dict": dict(encoder)}, []
-    return FakeCheckpoint(spec, variant, OFFICIAL_FILES[spec], obj, _tiny_kwargs(patch), encoder, dropped)
+    return FakeCheckpoint(spec, variant, OFFICIAL_FILES[spec], obj, _model_kwargs(patch, d), encoder, dropped)
 
 
-def _dinov2(spec: str, variant: str, patch: int, gen: torch.Generator) -> FakeCheckpoint:
+def _dinov2(spec: str, variant: str, patch: int, gen: torch.Generator, d: Dims) -> FakeCheckpoint:
     """The hub file, flat. With registers, timm's model keeps no position for CLS (no_embed_class):
     its cls_token is the official cls_token + pos_embed[:, 0], its pos_embed the patches' part."""
     registers = spec.endswith("-reg")
     giant = "vitg14" in spec
-    official = _backbone(patch, gen, layerscale=True, swiglu=giant)
-    official["mask_token"] = torch.randn(1, TINY_DIM, generator=gen)
+    official = _backbone(patch, gen, d, layerscale=True, swiglu=giant)
+    official["mask_token"] = torch.randn(1, d.dim, generator=gen)
     if registers:
-        official["register_tokens"] = torch.randn(1, REGISTERS, TINY_DIM, generator=gen)
+        official["register_tokens"] = torch.randn(1, REGISTERS, d.dim, generator=gen)
     expected = {k: v for k, v in official.items() if k not in ("mask_token", "register_tokens")}
     if giant:
         expected = {k.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2."): v for k, v in expected.items()}
@@ -278,4 +293,4 @@ def _dinov2(spec: str, variant: str, patch: int, gen: torch.Generator) -> FakeCh
         expected["cls_token"] = official["cls_token"] + official["pos_embed"][:, :1]
         expected["pos_embed"] = official["pos_embed"][:, 1:]
     obj = dict(official)
-    return FakeCheckpoint(spec, variant, OFFICIAL_FILES[spec], obj, _tiny_kwargs(patch), expected, ["mask_token"])
+    return FakeCheckpoint(spec, variant, OFFICIAL_FILES[spec], obj, _model_kwargs(patch, d), expected, ["mask_token"])

@@ -1,0 +1,230 @@
+"""The named backbones of plugins/backbones/catalog.py: each official layout converts bit-exactly.
+
+Every checkpoint is a fake from tests/fake_checkpoints.py: the authors' key names, shapes and
+nesting at a tiny width and depth (patch size, registers, LayerScale and SwiGLU are the real ones).
+Each is converted, strict-loaded into the spec's timm model built at the same size, and compared
+tensor by tensor with torch.equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fake_checkpoints
+from fake_checkpoints import FakeCheckpoint, all_fakes, fake_checkpoint
+from lspt_cli.errors import WeightsError
+from lspt_cli.plugins import get_host, resolve_factory
+from lspt_plugins.backbones import catalog, timm_vit
+
+NAMED = sorted(fake_checkpoints.SPECS)
+
+
+@pytest.fixture(autouse=True)
+def no_external_weights(tmp_path_factory, monkeypatch, isolated_lspt_home):
+    """Empty HF/torch/lspt caches, downloads off and made to fail loudly if anything tries one."""
+    root = tmp_path_factory.mktemp("caches")
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf" / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LSPT_ALLOW_DOWNLOAD", raising=False)
+
+    def no_download(spec):
+        raise AssertionError(f"a download of {spec.name} was attempted")
+
+    monkeypatch.setattr(timm_vit, "download_weights", no_download)
+    return root
+
+
+def build(spec_name: str, weights, **options):
+    """The registered factory of `spec_name`, called as lspt calls it."""
+    return resolve_factory(get_host().backbones.get(spec_name).factory)(weights, **options)
+
+
+def assert_names_dropped(fake: FakeCheckpoint, source: str) -> None:
+    """Every dropped official key is named in the description, alone or by its group ("head.*")."""
+    for key in fake.dropped:
+        bare = key[len("module."):] if key.startswith("module.") else key
+        parts = bare.split(".")
+        groups = {bare} | {".".join(parts[:n]) + ".*" for n in range(1, len(parts))}
+        assert any(g in source for g in groups), f"{key} dropped without being named: {source}"
+
+
+# -- registration ---------------------------------------------------------------------------------
+def test_every_catalog_entry_is_registered_with_what_the_list_shows():
+    host = get_host()
+    assert {e.name for e in catalog.ENTRIES} | {"mae-vitb", "mocov3-vitb"} == set(NAMED)
+    for entry in catalog.ENTRIES:
+        spec = host.backbones.get(entry.name)
+        assert host.backbones.provider(entry.name) == "backbones"
+        assert (spec.embed_dim, spec.depth, spec.patch_size, spec.num_prefix_tokens, spec.readout) == (
+            entry.embed_dim, entry.depth, entry.patch_size, entry.num_prefix_tokens, entry.readout)
+        assert spec.weights_files == entry.local_files and spec.weights_url == entry.download_url
+        assert spec.weights_url.endswith("/" + spec.weights_files[0])
+        assert spec.weights_files[0] == fake_checkpoints.OFFICIAL_FILES[entry.name]
+        assert spec.citation and spec.readout_note and spec.layout and spec.mean and spec.std
+        assert spec.tokens() == (224 // entry.patch_size) ** 2 + entry.num_prefix_tokens
+
+
+def test_the_original_names_are_unchanged():
+    names = set(get_host().backbones.names())
+    assert {"mae-vitb", "mocov3-vitb", "sup-vitb", "vit-tiny"} <= names
+    assert {"dinov2-vitb14-reg", "dino-vits8", "mae-vitl", "mocov3-vits", "ibot-vitb16"} <= names
+
+
+def test_the_catalog_and_the_plugin_import_neither_torch_nor_timm():
+    code = ("import lspt_plugins.backbones, lspt_plugins.backbones.catalog as c, sys; c.cached_weights('dino-vits8'); "
+            "assert 'torch' not in sys.modules and 'timm' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- bit-exact conversion ----------------------------------------------------------------------------
+@pytest.mark.parametrize("spec_name,variant", all_fakes(), ids=[f"{s}-{v or 'main'}" for s, v in all_fakes()])
+def test_official_layout_converts_bit_exactly(spec_name, variant, tmp_path):
+    fake = fake_checkpoint(spec_name, variant)
+    path = fake.save(tmp_path)
+    backbone = build(spec_name, path, model_kwargs=fake.model_kwargs)
+    got = backbone.model.state_dict()
+    assert sorted(got) == sorted(fake.expected)
+    for key, value in fake.expected.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+    assert_names_dropped(fake, backbone.source)
+    assert str(path) in backbone.source and backbone.readout == get_host().backbones.get(spec_name).readout
+
+
+@pytest.mark.parametrize("spec_name", NAMED)
+def test_an_unknown_key_fails_the_strict_load_by_name(spec_name, tmp_path):
+    fake = fake_checkpoint(spec_name)
+    state = fake.obj.get("model") or fake.obj.get("state_dict") or fake.obj
+    anchor = next(k for k in state if k.endswith("blocks.0.norm1.weight"))
+    state[anchor.replace("norm1.weight", "attn.unexpected_scale")] = torch.ones(3)
+    with pytest.raises(WeightsError) as info:
+        build(spec_name, fake.save(tmp_path), model_kwargs=fake.model_kwargs)
+    assert "unexpected keys: blocks.0.attn.unexpected_scale" in str(info.value)
+
+
+def test_mocov3_vits_has_twelve_heads_where_timm_has_six(tmp_path):
+    fake = fake_checkpoint("mocov3-vits")
+    backbone = build("mocov3-vits", fake.save(tmp_path), model_kwargs=fake.model_kwargs)
+    assert backbone.dims.num_heads == 12  # moco-v3 vits.py:115-119; timm's vit_small_patch16_224 has 6
+    assert backbone.model.blocks[0].attn.head_dim == fake_checkpoints.TINY_DIM // 12
+
+
+@pytest.mark.parametrize("spec_name", ["dinov2-vits14", "dinov2-vits14-reg"])
+def test_dinov2_tokens_entering_the_first_block_are_the_official_ones(spec_name, tmp_path):
+    """dinov2/models/vision_transformer.py:214-230: [CLS + pos[0], registers, patches + pos[1:]]."""
+    fake = fake_checkpoint(spec_name)
+    backbone = build(spec_name, fake.save(tmp_path), model_kwargs=fake.model_kwargs)
+    official = fake.obj
+    images = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        patches = backbone.model.patch_embed(images)
+        tokens = torch.cat([official["cls_token"].expand(2, -1, -1), patches], dim=1) + official["pos_embed"]
+        if "register_tokens" in official:
+            tokens = torch.cat([tokens[:, :1], official["register_tokens"].expand(2, -1, -1), tokens[:, 1:]], dim=1)
+        assert torch.equal(backbone.embed(images), tokens)
+    assert backbone.dims.num_prefix_tokens == (5 if "register_tokens" in official else 1)
+
+
+def test_dinov2_giant_swiglu_is_the_official_one(tmp_path):
+    """dinov2/layers/swiglu_ffn.py:31-35: x12 = w12(x); x1, x2 = chunk(2); w3(silu(x1) * x2)."""
+    fake = fake_checkpoint("dinov2-vitg14-reg")
+    backbone = build("dinov2-vitg14-reg", fake.save(tmp_path), model_kwargs=fake.model_kwargs)
+    x = torch.randn(2, 9, fake_checkpoints.TINY_DIM)
+    o = fake.obj
+    x1, x2 = torch.nn.functional.linear(x, o["blocks.1.mlp.w12.weight"], o["blocks.1.mlp.w12.bias"]).chunk(2, dim=-1)
+    expected = torch.nn.functional.linear(torch.nn.functional.silu(x1) * x2, o["blocks.1.mlp.w3.weight"], o["blocks.1.mlp.w3.bias"])
+    with torch.no_grad():
+        assert torch.equal(backbone.model.blocks[1].mlp(x), expected)
+
+
+def test_a_pickled_argparse_namespace_is_refused_by_name(tmp_path):
+    """The authors' training checkpoints (DINO, iBOT, MAE) also pickle the run's `args`; lspt only
+    unpickles tensors and plain containers, so such a file is one clear error naming the object."""
+    fake = fake_checkpoint("dino-vits16", "full")
+    fake.obj["args"] = argparse.Namespace(arch="vit_small", patch_size=16)
+    with pytest.raises(WeightsError, match="argparse.Namespace"):
+        build("dino-vits16", fake.save(tmp_path), model_kwargs=fake.model_kwargs)
+
+
+# -- offline: no file, no download ------------------------------------------------------------------
+@pytest.mark.parametrize("spec_name", sorted(e.name for e in catalog.ENTRIES))
+def test_without_a_file_the_error_names_the_official_file_and_url(spec_name):
+    entry = catalog.CATALOG[spec_name]
+    with pytest.raises(WeightsError) as info:
+        build(spec_name, None)
+    message = str(info.value)
+    assert entry.local_files[0] in message and entry.download_url in message and "--weights" in message
+    assert "LSPT_ALLOW_DOWNLOAD=1" in info.value.hint
+
+
+def test_a_file_in_the_weights_folder_is_found_and_listed_as_cached(cli, isolated_lspt_home):
+    fake = fake_checkpoint("dino-vits8")
+    folder = timm_vit.lspt_weights_dir()
+    folder.mkdir(parents=True)
+    rows = {r["name"]: r for r in json.loads(cli("list", "backbones", "--json").stdout)}
+    assert rows["dino-vits8"]["cached"] is False and rows["dino-vits8"]["cached_file"] is None
+    path = fake.save(folder)
+    assert catalog.cached_weights("dino-vits8") == str(path)
+    backbone = build("dino-vits8", None, model_kwargs=fake.model_kwargs)
+    assert "(lspt cache)" in backbone.source
+    rows = {r["name"]: r for r in json.loads(cli("list", "backbones", "--json").stdout)}
+    assert rows["dino-vits8"]["cached"] is True and rows["dino-vits8"]["cached_file"] == str(path)
+    assert rows["dino-vits16"]["cached"] is False
+
+
+def test_list_backbones_shows_the_generic_form_and_every_named_spec(cli):
+    rows = {r["name"]: r for r in json.loads(cli("list", "backbones", "--json").stdout)}
+    assert set(NAMED) <= set(rows)
+    reg = rows["dinov2-vitb14-reg"]
+    assert (reg["embed_dim"], reg["depth"], reg["patch_size"], reg["tokens"], reg["readout"]) == (768, 12, 14, 261, "cls+mean")
+    assert reg["weights_files"] == ["dinov2_vitb14_reg4_pretrain.pth"] and reg["weights_url"].startswith("https://")
+    assert rows["dino-vits8"]["tokens"] == 785 and rows["mae-vith"]["patch_size"] == 14
+    generic = [r for r in rows.values() if r["generic"]]
+    assert [r["name"] for r in generic] == ["timm/*"] and generic[0]["tokens"] is None
+    table = cli("list", "backbones").stdout
+    for name in NAMED:
+        assert name in table
+    assert "cached" in table and "tokens" in table
+
+
+def test_paths_shows_where_weights_files_go(cli, isolated_lspt_home):
+    doc = json.loads(cli("paths", "--json").stdout)
+    assert doc["weights"]["path"] == str(timm_vit.lspt_weights_dir())
+    assert "put official backbone weights files here" in cli("paths").stdout
+
+
+# -- end to end ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tune_on_an_official_dinov2_file_with_registers(cli, tmp_path):
+    """The CLI builds the real ViT-S/14 reg4 architecture (12 blocks, 384 wide), so the fake is full
+    size (grid 37 as the hub file, small random values); --img-size 28 keeps it fast on a CPU."""
+    from PIL import Image
+
+    fake = fake_checkpoint("dinov2-vits14-reg", embed_dim=384, depth=12, grid=fake_checkpoints.DINOV2_GRID, scale=0.02)
+    weights = fake.save(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    root = tmp_path / "photos"
+    for split, n in (("train", 6), ("test", 3)):
+        for c, name in enumerate(("red", "green")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.zeros(30, 30, 3)
+                pixels[..., c] = 150
+                pixels = (pixels + torch.rand(30, 30, 3, generator=g) * 105).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    assert cli("prepare-data", "imagefolder", "--root", str(root), "--name", "rg").exit_code == 0
+    result = cli("tune", "--backbone", "dinov2-vits14-reg", "--weights", str(weights), "--task", "rg",
+                 "--strategy", "vpt-deep", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4",
+                 "--img-size", "28", "--set", "num_prompts=2", "--out", str(tmp_path / "run"), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["backbone"], summary["readout"]) == ("dinov2-vits14-reg", "cls+mean")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["meta"]["backbone"]["source"].startswith("DINOv2 hub checkpoint (4 register tokens")
