@@ -34,12 +34,15 @@ STRATEGY_KEYS = {
     "lspt": {"num_prompts", "gate_init", "temperature", "dropout", "spatial", "memory", "lstm_dim", "init", "init_images"},
     "spt-shallow": {"num_prompts", "init", "init_images", "kmeans_iters", "dropout"},
     "spt-deep": {"num_prompts", "init", "init_images", "kmeans_iters", "dropout"},
+    "vfpt": {"num_prompts", "fourier_fraction", "fourier_dims", "dropout"},
+    "vfpt-shallow": {"num_prompts", "fourier_fraction", "fourier_dims", "dropout"},
 }
 
 # The strategies that ship the papers' recipes for every backbone x benchmark (below), by name: a new
 # strategy joins when its recipes do. SPT's recipes follow its official code's README commands and
 # argparse defaults (its per-task recipes are only a download: Self-Prompt-Tuning README.md:62).
-PAPER_RECIPE_STRATEGIES = ["linear", "vpt-shallow", "vpt-deep", "gapt", "lspt", "spt-shallow", "spt-deep"]
+PAPER_RECIPE_STRATEGIES = ["linear", "vpt-shallow", "vpt-deep", "gapt", "lspt", "spt-shallow", "spt-deep", "vfpt",
+                           "vfpt-shallow"]
 
 # SPT's settings (WangYZ1608/Self-Prompt-Tuning@ce0754f; the recipes cite file:line): the same for every
 # task of a benchmark, as the official code publishes no per-task values. backbone -> (lr, weight_decay,
@@ -134,6 +137,8 @@ def test_paper_recipes_follow_the_protocol(path):
         assert train["batch_size"] == 1024
     elif data["match"]["strategy"] in ("gapt", "lspt") and data["match"]["benchmark"] == "fgvc":
         assert train["batch_size"] == 64  # GaPT's README.md:37 (`bash run.sh cub mae_vitb16 64 ...`)
+    elif data["match"]["strategy"].startswith("vfpt"):  # VFPT's configs/base-prompt_fourier_{mae,moco}.yaml:25
+        assert train["batch_size"] == 64
     else:  # VPT: configs/base-prompt.yaml:25 and demo.ipynb:824-828 (tune_fgvc.py on CUB), 128 on FGVC too
         assert train["batch_size"] == 128
     if data["match"]["strategy"] in ("gapt", "lspt"):  # GaPT's run.sh: wd 0.0, lr as given, GaPT's lr range
