@@ -138,10 +138,9 @@ class PromptedModel(nn.Module):
         if len(names) != self.num_classes or not all(isinstance(c, str) for c in names):
             raise UsageError(f"save() needs {self.num_classes} class names (strings), one per head output; got {len(names)}")
         backbone = self.model.backbone
-        info = {"name": backbone.name, "fingerprint": backbone.fingerprint, "source": backbone.source,
-                "readout": self.model.readout}
-        if backbone.weights_file is not None:
-            info["weights"] = str(Path(backbone.weights_file).resolve())
+        info = {**backbone.identity(), "readout": self.model.readout}  # name, fingerprint, weights, img_size, ...
+        if info.get("weights") is None:
+            info.pop("weights", None)
         task_info = {k: v for k, v in self.task.items() if k not in ("classes",)}
         task_info["name"] = task or task_info.get("name") or path.stem
         task_info["classes"] = names

@@ -266,6 +266,39 @@ def check_tensors(path: str | Path, tensors: dict[str, Any], expected: dict[str,
             )
 
 
+def recorded_img_size(header: BundleHeader) -> tuple[int, int] | None:
+    """(height, width) the bundle was trained at (`lspt.backbone.img_size`), or None for bundles
+    older than the record (they load at the backbone's own size)."""
+    value = header.backbone.get("img_size")
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise BundleError(f"{header.path}: metadata 'lspt.backbone' field 'img_size' must be [height, width] in pixels")
+    return int(value[0]), int(value[1])
+
+
+def size_text(size: tuple[int, int]) -> str:
+    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
+
+
+def check_img_size(header: BundleHeader, img_size: tuple[int, int], allow_mismatch: bool = False) -> bool:
+    """Refuse a backbone built for another input size than the bundle's (unless
+    --allow-img-size-mismatch); True when the sizes differ (and that was allowed)."""
+    recorded = recorded_img_size(header)
+    if recorded is None or tuple(recorded) == tuple(img_size):
+        return False
+    if not allow_mismatch:
+        raise BundleError(
+            f"{header.path}: trained at --img-size {size_text(recorded)}, but the backbone is built for "
+            f"--img-size {size_text(tuple(img_size))}",
+            hint=f"leave --img-size out to load at {size_text(recorded)}, or pass --allow-img-size-mismatch",
+        )
+    return True
+
+
 def check_backbone(header: BundleHeader, fingerprint: str, allow_mismatch: bool = False) -> None:
     """Refuse a bundle trained on other backbone weights (unless --allow-backbone-mismatch)."""
     recorded = header.backbone.get("fingerprint")

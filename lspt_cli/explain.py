@@ -264,7 +264,7 @@ class Explanation:
 
 
 def explain_images(bundle_path, image_paths, out_dir, *, weights=None, allow_backbone_mismatch=False,
-                   device="auto") -> list[Explanation]:
+                   device="auto", img_size=None, allow_img_size_mismatch=False) -> list[Explanation]:
     """Write the PNGs for every image; returns what was written (and the raw maps)."""
 
     from .data.images import load_image
@@ -275,7 +275,8 @@ def explain_images(bundle_path, image_paths, out_dir, *, weights=None, allow_bac
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    model, header = model_from_bundle(bundle_path, weights=weights, allow_backbone_mismatch=allow_backbone_mismatch)
+    model, header = model_from_bundle(bundle_path, weights=weights, allow_backbone_mismatch=allow_backbone_mismatch,
+                                      img_size=img_size, allow_img_size_mismatch=allow_img_size_mismatch)
     model = model.to(dev).eval()
     bare = backbone_only(model).to(dev)
     data_cfg = model.backbone.data_config

@@ -250,21 +250,20 @@ def load_backbone(name: str, weights=None, host=None, img_size: int | None = Non
         raise UsageError(f"backbone '{name}' is a family, not a model: name one, e.g. "
                          f"{name[:-1]}vit_small_patch14_dinov2", hint="see docs/backbones.md, 'Bring your own ViT'")
     factory = resolve_factory(spec.factory)
+    backbone = None
     if img_size:
         try:
             backbone = factory(weights, img_size=int(img_size))
-        except TypeError as exc:
+        except TypeError as exc:  # a plugin factory without img_size: fine if its own size is the one asked
             if "unexpected keyword argument 'img_size'" not in str(exc):
                 raise
-            raise UsageError(f"backbone '{name}' cannot be built at another input size (its factory takes no "
-                             f"img_size); drop --img-size {img_size}") from None
-    else:
+    if backbone is None:
         backbone = factory(weights)
     if not isinstance(backbone, FrozenBackbone):
         raise TypeError(f"backbone '{name}' factory returned {type(backbone).__name__}, not a FrozenBackbone")
     if img_size and backbone.img_size != (int(img_size), int(img_size)):
-        raise UsageError(f"backbone '{name}' was asked for --img-size {img_size} but built for "
-                         f"{backbone.img_size[0]}x{backbone.img_size[1]}")
+        raise UsageError(f"backbone '{name}' is built for {backbone.img_size[0]} px and its factory takes no "
+                         f"img_size: it cannot be built at --img-size {img_size}")
     return backbone
 
 

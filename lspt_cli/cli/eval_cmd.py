@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("test", "--split", help="train, val, test or trainval."),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file.  [default: the file the bundle was trained with, else the cache dir's]"),
         allow_backbone_mismatch: bool = typer.Option(False, "--allow-backbone-mismatch", help="Load even if the backbone fingerprint differs."),
+        img_size: int = typer.Option(0, "--img-size", min=0, help="Rebuild the backbone at N x N px instead of the bundle's size (refused unless --allow-img-size-mismatch).  [default: the bundle's]", show_default=False),
+        allow_img_size_mismatch: bool = typer.Option(False, "--allow-img-size-mismatch", help="Load at --img-size even if the bundle was trained at another size (its fingerprint is then not checked)."),
         batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per evaluation batch."),
         device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
         fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Exit with code 3 when top-1 is below this many percent: 75 or 75%; a fraction such as 0.75 is refused as ambiguous.  [default: no threshold]", show_default=False),
@@ -54,7 +56,8 @@ def register(app: typer.Typer) -> None:
         from ..engine.restore import model_from_bundle
         from ..engine.train import resolve_device, use_bf16
 
-        model, header = model_from_bundle(bundle_path, weights=weights, allow_backbone_mismatch=allow_backbone_mismatch)
+        model, header = model_from_bundle(bundle_path, weights=weights, allow_backbone_mismatch=allow_backbone_mismatch,
+                                          img_size=img_size or None, allow_img_size_mismatch=allow_img_size_mismatch)
         task = task or header.task.get("name")
         manifest = load_manifest(task)
         if len(manifest.classes) != header.num_classes:

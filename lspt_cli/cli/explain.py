@@ -21,6 +21,8 @@ def register(app: typer.Typer) -> None:
         out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs (created if missing)."),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file.  [default: the file the bundle was trained with, else the cache dir's]"),
         allow_backbone_mismatch: bool = typer.Option(False, "--allow-backbone-mismatch", help="Load even if the backbone fingerprint differs."),
+        img_size: int = typer.Option(0, "--img-size", min=0, help="Rebuild the backbone at N x N px instead of the bundle's size (refused unless --allow-img-size-mismatch).  [default: the bundle's]", show_default=False),
+        allow_img_size_mismatch: bool = typer.Option(False, "--allow-img-size-mismatch", help="Load at --img-size even if the bundle was trained at another size (its fingerprint is then not checked)."),
         device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ):
@@ -37,7 +39,8 @@ def register(app: typer.Typer) -> None:
             if not image.is_file():
                 raise UsageError(f"{image}: no such image file")
         results = explain_images(bundle, images, out_dir, weights=weights,
-                                 allow_backbone_mismatch=allow_backbone_mismatch, device=device)
+                                 allow_backbone_mismatch=allow_backbone_mismatch, device=device,
+                                 img_size=img_size or None, allow_img_size_mismatch=allow_img_size_mismatch)
         if json_:
             print_json([r.to_json() for r in results])
             return

@@ -30,7 +30,8 @@ def split_arguments(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     return bundles, images
 
 
-def predict_images(bundle_paths, image_paths, *, top_k=5, weights=None, allow_backbone_mismatch=False, batch_size=32, device="auto"):
+def predict_images(bundle_paths, image_paths, *, top_k=5, weights=None, allow_backbone_mismatch=False, batch_size=32, device="auto",
+                   img_size=None, allow_img_size_mismatch=False):
     """{bundle: {image: [(label, probability), ...]}} for every bundle and image."""
     import torch
 
@@ -43,7 +44,8 @@ def predict_images(bundle_paths, image_paths, *, top_k=5, weights=None, allow_ba
     models, headers = [], []
     backbone = None
     for path in bundle_paths:
-        model, header = model_from_bundle(path, weights=weights, allow_backbone_mismatch=allow_backbone_mismatch, backbone=backbone)
+        model, header = model_from_bundle(path, weights=weights, allow_backbone_mismatch=allow_backbone_mismatch, backbone=backbone,
+                                          img_size=img_size, allow_img_size_mismatch=allow_img_size_mismatch)
         backbone = backbone or model.backbone
         models.append(model.to(dev))
         headers.append(header)
@@ -72,6 +74,8 @@ def register(app: typer.Typer) -> None:
         top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many labels to print per image."),
         weights: Path = typer.Option(None, "--weights", help="Backbone weights file.  [default: the file the bundle was trained with, else the cache dir's]"),
         allow_backbone_mismatch: bool = typer.Option(False, "--allow-backbone-mismatch", help="Load even if the backbone fingerprint differs."),
+        img_size: int = typer.Option(0, "--img-size", min=0, help="Rebuild the backbone at N x N px instead of the bundle's size (refused unless --allow-img-size-mismatch).  [default: the bundle's]", show_default=False),
+        allow_img_size_mismatch: bool = typer.Option(False, "--allow-img-size-mismatch", help="Load at --img-size even if the bundle was trained at another size (its fingerprint is then not checked)."),
         batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
         device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
         json_: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -83,7 +87,7 @@ def register(app: typer.Typer) -> None:
                 raise DataError(f"{image}: " + ("is a directory, not an image file" if image.is_dir() else "no such image file"))
         results = predict_images(
             bundles, images, top_k=top_k, weights=weights, allow_backbone_mismatch=allow_backbone_mismatch,
-            batch_size=batch_size, device=device,
+            batch_size=batch_size, device=device, img_size=img_size or None, allow_img_size_mismatch=allow_img_size_mismatch,
         )
         if json_:
             print_json(results)

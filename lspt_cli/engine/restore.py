@@ -9,8 +9,15 @@ from ..specs import READOUTS
 from ..errors import BundleError
 
 
-def model_from_bundle(path, *, weights=None, allow_backbone_mismatch: bool = False, backbone=None, host=None):
-    """(PromptedViT with the bundle's tensors, BundleHeader). Any mismatch is a BundleError."""
+def model_from_bundle(path, *, weights=None, allow_backbone_mismatch: bool = False, backbone=None, host=None,
+                      img_size: int | None = None, allow_img_size_mismatch: bool = False):
+    """(PromptedViT with the bundle's tensors, BundleHeader). Any mismatch is a BundleError.
+
+    The backbone is rebuilt at the input size the bundle records (`lspt.backbone.img_size`; bundles
+    older than it: the backbone's own size). `img_size` (eval/predict/explain `--img-size`) asks
+    for another size: refused, naming both, unless `allow_img_size_mismatch`; the size is checked
+    before the fingerprint, which changes with it (pos_embed is resampled), and when a mismatch is
+    allowed the fingerprint cannot be compared and is not."""
     from ..prompted import PromptedViT, build_strategy, load_backbone
 
     loaded = bundle.load(path)
@@ -19,13 +26,17 @@ def model_from_bundle(path, *, weights=None, allow_backbone_mismatch: bool = Fal
     name = info.get("name")
     if not name:
         raise BundleError(f"{path}: bundle metadata names no backbone")
+    recorded = bundle.recorded_img_size(header)
     if backbone is None:
         if weights is None and info.get("weights") and Path(info["weights"]).exists():
             weights = info["weights"]  # the file the bundle was trained with, when still there
-        backbone = load_backbone(name, weights, host=host)
+        size = int(img_size) if img_size else (recorded[0] if recorded and recorded[0] == recorded[1] else None)
+        backbone = load_backbone(name, weights, host=host, img_size=size)
     elif backbone.name != name:
         raise BundleError(f"{path}: trained on backbone '{name}', not '{backbone.name}'")
-    bundle.check_backbone(header, backbone.fingerprint, allow_backbone_mismatch)
+    size_differs = bundle.check_img_size(header, backbone.img_size, allow_img_size_mismatch)
+    if not size_differs:
+        bundle.check_backbone(header, backbone.fingerprint, allow_backbone_mismatch)
     strategy_info = header.strategy
     classes = header.task.get("classes") or []
     if not strategy_info.get("name") or not classes:
