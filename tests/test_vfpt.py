@@ -302,3 +302,39 @@ def test_trains_on_tiny_digits(tmp_path, name):
     after = trainer.model.strategy.prompts.detach()
     assert not torch.equal(before, after) and torch.isfinite(after).all()
     assert (tmp_path / "run" / "bundle.safetensors").exists()
+
+
+# -- the recipes --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["vfpt", "vfpt-shallow"])
+@pytest.mark.parametrize("backbone", ["mae-vitb", "mocov3-vitb"])
+@pytest.mark.parametrize("benchmark, task", [("fgvc", "cub"), ("vtab", "vtab/cifar")])
+def test_paper_recipes_carry_the_cited_values(strategy, backbone, benchmark, task):
+    """runtsang/VFPT@1b3d984: configs/base-prompt_fourier_{mae,moco}.yaml (SGD 0.9, 100 epochs, 10 warm-up,
+    batch 64, wd 1e-4), README.md:182-190 (10 prompts, dropout 0.10, percentage 1.0), tune_vtab.py /
+    tune_fgvc.py (lr x batch/256, the prompt grids); MAE reads out through a fresh fc_norm (mean-ln)."""
+    from lspt_cli.recipes import resolve_config
+
+    config = resolve_config(backbone=backbone, strategy=strategy, task=task, benchmark=benchmark,
+                            registered_recipes=get_host().recipes)
+    assert config.recipes == [f"{strategy}-{backbone}-{benchmark}"]
+    train = config.train
+    assert (train.protocol, train.epochs, train.warmup_epochs, train.batch_size) == ("paper", 100, 10, 64)
+    assert (train.optimizer, train.momentum, train.weight_decay, train.lr_scaling) == ("sgd", 0.9, 0.0001, "batch/256")
+    assert train.readout == ("mean-ln" if backbone == "mae-vitb" else "")
+    assert config.strategy_config == {"num_prompts": 10, "fourier_fraction": 1.0, "fourier_dims": "all",
+                                      "dropout": 0.1 if strategy == "vfpt" else 0.0}
+    lrs = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0]
+    assert config.grid == {"lr": ([0.05] + lrs) if benchmark == "vtab" else lrs, "weight_decay": [0.01, 0.001, 0.0001, 0.0]}
+    assert train.lr in config.grid["lr"]
+
+
+@pytest.mark.parametrize("strategy", ["vfpt", "vfpt-shallow"])
+def test_the_vit_tiny_demo(strategy):
+    from lspt_cli.recipes import resolve_config
+
+    config = resolve_config(backbone="vit-tiny", strategy=strategy, task="digits", benchmark="custom",
+                            registered_recipes=get_host().recipes)
+    assert config.recipes == [f"vit-tiny-{strategy}"]
+    assert config.strategy_config["num_prompts"] == 8 and config.strategy_config["fourier_fraction"] == 0.5
+    model = build_strategy(strategy, TINY, config.strategy_config)
+    assert model.num_fourier == 4  # half Fourier prompts, half plain: the demo runs both kinds
