@@ -144,6 +144,32 @@ def test_dinov2_giant_swiglu_is_the_official_one(tmp_path):
         assert torch.equal(backbone.model.blocks[1].mlp(x), expected)
 
 
+@pytest.mark.parametrize("spec_name", ["dino-vits8", "dinov2-vits14-reg", "dinov2-vitg14", "mae-vith"])
+def test_timms_own_safetensors_load_unchanged(spec_name, tmp_path):
+    """The file the Hugging Face cache (or LSPT_ALLOW_DOWNLOAD=1) gives: timm's layout, loaded as is."""
+    from safetensors.torch import save_file
+
+    fake = fake_checkpoint(spec_name)
+    first = build(spec_name, fake.save(tmp_path), model_kwargs=fake.model_kwargs)
+    timm_state = {k: v.clone().contiguous() for k, v in first.model.state_dict().items()}
+    save_file(timm_state, str(tmp_path / "model.safetensors"))
+    again = build(spec_name, tmp_path / "model.safetensors", model_kwargs=fake.model_kwargs)
+    got = again.model.state_dict()
+    assert sorted(got) == sorted(timm_state) and all(torch.equal(got[k], v) for k, v in timm_state.items())
+
+
+def test_dinov2_is_built_at_224_px_from_the_518_px_hub_grid(tmp_path):
+    """The hub file's 37 x 37 position grid, resampled for lspt's default 224-px input (16 x 16)."""
+    fake = fake_checkpoint("dinov2-vits14", grid=fake_checkpoints.DINOV2_GRID)
+    kwargs = {k: v for k, v in fake.model_kwargs.items() if k != "img_size"}
+    backbone = build("dinov2-vits14", fake.save(tmp_path), model_kwargs=kwargs)
+    assert backbone.dims.num_patches == 16 * 16 and tuple(backbone.model.pos_embed.shape) == (1, 257, 48)
+    assert torch.equal(backbone.model.pos_embed[:, 0], fake.obj["pos_embed"][:, 0])  # CLS's position kept
+    assert backbone.data_config["input_size"][-1] == 224
+    at_28 = build("dinov2-vits14", tmp_path / fake.file_name, model_kwargs=kwargs, img_size=28)
+    assert at_28.dims.num_patches == 4
+
+
 def test_a_pickled_argparse_namespace_is_refused_by_name(tmp_path):
     """The authors' training checkpoints (DINO, iBOT, MAE) also pickle the run's `args`; lspt only
     unpickles tensors and plain containers, so such a file is one clear error naming the object."""
