@@ -227,14 +227,19 @@ def test_paths_shows_where_weights_files_go(cli, isolated_lspt_home):
 
 
 # -- end to end ------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_tune_on_an_official_dinov2_file_with_registers(cli, tmp_path):
-    """The CLI builds the real ViT-S/14 reg4 architecture (12 blocks, 384 wide), so the fake is full
-    size (grid 37 as the hub file, small random values); --img-size 28 keeps it fast on a CPU."""
+# The CLI builds each backbone's real architecture, so these fakes are full width and depth (small
+# random values); a small --img-size keeps them fast on a CPU. MAE ViT-L (304M parameters, a 1.2 GB
+# file) trains through the Python path below instead, at the tiny size.
+E2E = [("dinov2-vits14-reg", "", 384, fake_checkpoints.DINOV2_GRID, 28),  # registers, the hub's 37 x 37 grid
+       ("dino-vits16", "full", 384, 14, 32),  # the training checkpoint's teacher
+       ("mocov3-vits", "", 384, 14, 32)]  # 12 heads
+
+
+@pytest.fixture
+def tiny_task(cli, tmp_path):
+    """A two-class image folder (6 + 3 images per class), prepared as task 'rg'."""
     from PIL import Image
 
-    fake = fake_checkpoint("dinov2-vits14-reg", embed_dim=384, depth=12, grid=fake_checkpoints.DINOV2_GRID, scale=0.02)
-    weights = fake.save(tmp_path)
     g = torch.Generator().manual_seed(0)
     root = tmp_path / "photos"
     for split, n in (("train", 6), ("test", 3)):
@@ -246,11 +251,47 @@ def test_tune_on_an_official_dinov2_file_with_registers(cli, tmp_path):
                 pixels = (pixels + torch.rand(30, 30, 3, generator=g) * 105).to(torch.uint8).numpy()
                 Image.fromarray(pixels).save(root / split / name / f"{i}.png")
     assert cli("prepare-data", "imagefolder", "--root", str(root), "--name", "rg").exit_code == 0
-    result = cli("tune", "--backbone", "dinov2-vits14-reg", "--weights", str(weights), "--task", "rg",
+    return "rg"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec_name,variant,dim,grid,img_size", E2E, ids=[f"{e[0]}-{e[1] or 'main'}" for e in E2E])
+def test_tune_on_an_official_file(spec_name, variant, dim, grid, img_size, cli, tmp_path, tiny_task):
+    fake = fake_checkpoint(spec_name, variant, embed_dim=dim, depth=12, grid=grid, scale=0.02)
+    weights = fake.save(tmp_path)
+    result = cli("tune", "--backbone", spec_name, "--weights", str(weights), "--task", tiny_task,
                  "--strategy", "vpt-deep", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4",
-                 "--img-size", "28", "--set", "num_prompts=2", "--out", str(tmp_path / "run"), "--json")
+                 "--img-size", str(img_size), "--set", "num_prompts=2", "--out", str(tmp_path / "run"), "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert (summary["backbone"], summary["readout"]) == ("dinov2-vits14-reg", "cls+mean")
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["meta"]["backbone"]["source"].startswith("DINOv2 hub checkpoint (4 register tokens")
+    assert summary["backbone"] == spec_name and summary["readout"] == get_host().backbones.get(spec_name).readout
+    source = json.loads((tmp_path / "run" / "config.json").read_text())["meta"]["backbone"]["source"]
+    assert str(weights) in source
+    assert_names_dropped(fake, source)
+
+
+@pytest.mark.parametrize("spec_name,variant", [("mae-vitl", ""), ("mae-vith", "full"), ("dino-vits16", "full"),
+                                               ("mocov3-vits", ""), ("ibot-vitb16", "full"), ("dinov2-vitg14-reg", "")])
+def test_prompts_train_on_the_converted_backbone(spec_name, variant, tmp_path):
+    """The Python path at the tiny size: vpt-deep's prompts and head move, the backbone does not."""
+    from lspt_cli.prompted import PromptedViT, build_strategy
+
+    fake = fake_checkpoint(spec_name, variant)
+    backbone = build(spec_name, fake.save(tmp_path), model_kwargs=fake.model_kwargs)
+    frozen = {k: v.clone() for k, v in backbone.state_dict().items()}
+    torch.manual_seed(0)
+    model = PromptedViT(backbone, build_strategy("vpt-deep", backbone.dims, {"num_prompts": 2}), 3)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    size = fake.model_kwargs["img_size"]
+    images, labels = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 0])
+    model.train()
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss)
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])]
+    assert any("prompt" in n for n in moved) and any("head" in n for n in moved), moved
+    assert all(torch.equal(v, frozen[k]) for k, v in backbone.state_dict().items())
