@@ -15,7 +15,8 @@ computed); what is kept is what the input gradient needs:
 - attention: the fused kernel (SDPA's flash/memory-efficient one, CPU or CUDA) keeps q, k, v
   (views of the qkv output: 3 x BTD), its output (1 x BTD) and the log-sum-exp [B, heads, T]; the
   explicit ("math") path also keeps the softmax output [B, heads, T, T];
-- norm2 keeps its input x + attn (1 x BTD); GELU keeps fc1's output (r x BTD).
+- norm2 keeps its input x + attn (1 x BTD); GELU keeps fc1's output (r x BTD); a gated MLP
+  (SwiGLU) keeps fc1's output and the activation's output (1.5 r x BTD, r = fc1's width / D).
 
 So (6 + r) x BTD + B*heads*T per block, for every block, at the end of the forward; the backward
 of the last block adds its transient gradients, (1 + 2r) x BTD at most (the output gradient, then
@@ -60,8 +61,16 @@ class ModelShape:
     num_prefix_tokens: int = 1
     patch_size: int = DEFAULT_PATCH_SIZE
     in_chans: int = 3
-    mlp_ratio: float = DEFAULT_MLP_RATIO
+    mlp_ratio: float = DEFAULT_MLP_RATIO  # fc1's output width / embed_dim
     image_size: int = 224
+    gated: bool = False  # a gated MLP (SwiGLU, DINOv2 ViT-g): fc1's output is two halves, fc2 takes one
+    layer_scale: bool = False  # LayerScale's per-channel gammas (DINOv2)
+
+    @property
+    def mlp_kept(self) -> float:
+        """What the MLP keeps for backward, in units of BTD: the activation's input (fc1's output),
+        and for a gated MLP also the activation's output that multiplies the other half."""
+        return self.mlp_ratio * (1.5 if self.gated else 1.0)
 
     def tokens(self, num_prompts: int = 0) -> int:
         """Tokens per image through every block: prefix (CLS, registers) + prompts + patches."""
@@ -72,8 +81,10 @@ class ModelShape:
 
         Per block: qkv (D x 3D + 3D), proj (D x D + D), fc1 (D x rD + rD), fc2 (rD x D + D), two
         LayerNorms (4D); then the patch embedding, position embedding, prefix tokens, final norm."""
-        d, hidden = self.embed_dim, int(self.embed_dim * self.mlp_ratio)
-        block = (d * 3 * d + 3 * d) + (d * d + d) + (d * hidden + hidden) + (hidden * d + d) + 4 * d
+        d, hidden = self.embed_dim, int(round(self.embed_dim * self.mlp_ratio))
+        inner = hidden // 2 if self.gated else hidden  # fc2's input
+        block = (d * 3 * d + 3 * d) + (d * d + d) + (d * hidden + hidden) + (inner * d + d) + 4 * d
+        block += 2 * d if self.layer_scale else 0
         embed = self.in_chans * self.patch_size**2 * d + d
         positions = (self.num_patches + self.num_prefix_tokens) * d
         return self.depth * block + embed + positions + self.num_prefix_tokens * d + 2 * d
@@ -134,11 +145,14 @@ def shape_from_model(vit: Any) -> ModelShape:
     patch = vit.patch_embed.patch_size
     patch = patch[0] if isinstance(patch, (tuple, list)) else patch
     size = vit.patch_embed.img_size
+    fc1, fc2 = block.mlp.fc1, block.mlp.fc2
     return ModelShape(
         embed_dim=vit.embed_dim, depth=len(vit.blocks), num_heads=block.attn.num_heads,
         num_patches=vit.patch_embed.num_patches, num_prefix_tokens=vit.num_prefix_tokens, patch_size=int(patch),
-        in_chans=vit.patch_embed.proj.in_channels, mlp_ratio=block.mlp.fc1.out_features / vit.embed_dim,
+        in_chans=vit.patch_embed.proj.in_channels, mlp_ratio=fc1.out_features / vit.embed_dim,
         image_size=int(size[0] if isinstance(size, (tuple, list)) else size),
+        gated=fc2.in_features * 2 == fc1.out_features,
+        layer_scale=hasattr(getattr(block, "ls1", None), "gamma"),
     )
 
 
@@ -186,7 +200,8 @@ def block_bytes(shape: ModelShape, batch: int, tokens: int, precision: str, fuse
     btd = batch * tokens * shape.embed_dim
     r = shape.mlp_ratio
     scores = batch * shape.num_heads * tokens * tokens
-    kept = btd * (2 * 4 + (4 + r) * low) + batch * shape.num_heads * tokens * 4  # x, x+attn fp32; qkv, out, fc1; lse
+    # x, x + attn (fp32); qkv, attention output, the MLP's activation input (and output, gated); lse
+    kept = btd * (2 * 4 + (4 + shape.mlp_kept) * low) + batch * shape.num_heads * tokens * 4
     if not fused_attention:
         kept += scores * low  # the softmax output
     backward = int(btd * (1 + 2 * r) * 4)  # gradients are fp32 for the fp32 residual stream; an upper bound under bf16
