@@ -268,6 +268,9 @@ def test_tune_on_an_official_file(spec_name, variant, dim, grid, img_size, cli, 
     source = json.loads((tmp_path / "run" / "config.json").read_text())["meta"]["backbone"]["source"]
     assert str(weights) in source
     assert_names_dropped(fake, source)
+    evaluated = cli("eval", str(tmp_path / "run" / "bundle.safetensors"), "--weights", str(weights), "--json")
+    assert evaluated.exit_code == 0, evaluated.output  # the same backbone rebuilt: same size, same fingerprint
+    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(summary["test_top1"])
 
 
 @pytest.mark.parametrize("spec_name,variant", [("mae-vitl", ""), ("mae-vith", "full"), ("dino-vits16", "full"),
