@@ -19,8 +19,14 @@ A recipe file:
 
 Resolution order (highest first): CLI flags > `--recipe FILE` > the best-matching registered
 recipe for (strategy, backbone, benchmark) > the protocol's defaults (PROTOCOL_DEFAULTS, for the
-`protocol` those layers name; `paper` if none does) > TrainConfig defaults. Which keys exist, their
-types, bounds and defaults: lspt_cli/settings.py.
+`protocol` those layers name) > TrainConfig defaults. Which keys exist, their types, bounds and
+defaults: lspt_cli/settings.py.
+
+The protocol none of the layers names (`auto`, the default) is resolved by `auto_protocol`: `paper`
+where a paper recipe (one whose [train] says protocol = "paper") covers the run's backbone,
+benchmark and task, whatever its strategy; `lspt` everywhere else. The papers' settings were tuned
+for their backbones and benchmarks; on any other backbone (DINOv2's large feature scale, issue 21)
+a kaiming head and SGD without clipping blow up, while lspt's settings learn (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .settings import PROTOCOL_DEFAULTS, PROTOCOLS, TrainConfig, check_flags, coerce_train_values, one_of
+from .settings import PROTOCOL_CHOICES, PROTOCOL_DEFAULTS, PROTOCOLS, TrainConfig, check_flags, coerce_train_values, one_of
 from .specs import RecipeSpec
 
 RECIPE_KEYS = {"description", "match", "train", "strategy", "tasks", "grid"}
@@ -122,6 +128,29 @@ def find_recipe(recipes, strategy: str, backbone: str, benchmark: str, task: str
     return best
 
 
+def paper_recipe_for(recipes, backbone: str, benchmark: str, task: str) -> RecipeSpec | None:
+    """A registered recipe that trains this backbone on this benchmark (and task) under `paper`,
+    whatever its strategy: the run is a paper setup. The first one, by name, or None."""
+    for spec in sorted(recipes, key=lambda r: r.name):
+        if spec.values.get("train", {}).get("protocol") != "paper":
+            continue
+        wanted, actual = (spec.backbone, spec.benchmark, spec.task), (backbone, benchmark, task)
+        if all(fnmatch.fnmatchcase(a, w) for w, a in zip(wanted, actual)):
+            return spec
+    return None
+
+
+def auto_protocol(recipes, backbone: str, benchmark: str, task: str) -> tuple[str, str]:
+    """(protocol, why) for a run whose layers name no protocol (`auto`)."""
+    spec = paper_recipe_for(recipes, backbone, benchmark, task)
+    if spec is not None:
+        return "paper", (f"auto: {backbone} on {benchmark} is a paper setup (recipe {spec.name}); "
+                         "the official training")
+    return "lspt", (f"auto: no paper recipe covers {backbone} on {benchmark}; lspt's settings (small head init, "
+                    "gradient clipping, per-step warm-up), which learn on backbones nobody tuned. "
+                    "--protocol paper for the official training")
+
+
 def recipe_layers(data: dict[str, Any], task: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(train values, strategy values) of one recipe for one task, task overrides applied."""
     train = dict(data.get("train", {}))
@@ -147,6 +176,8 @@ class ResolvedConfig:
     final: bool = False
     recipes: list[str] = field(default_factory=list)
     grid: dict[str, list] = field(default_factory=dict)
+    # how `protocol` was chosen: "auto: ..." (auto_protocol), or who named it; recorded, never compared
+    protocol_reason: str = field(default="", compare=False)
     # warnings about how the config came about (resolve_config), shown by tune and sweep; not recorded
     notes: list[str] = field(default_factory=list, compare=False, repr=False)
 
@@ -166,6 +197,8 @@ class ResolvedConfig:
         train = coerce_train_values(d.get("train", {}), "config")
         # a run from before `protocol` existed trained under what is now the `lspt` protocol
         protocol = train.setdefault("protocol", "lspt")
+        if protocol not in PROTOCOLS:  # `auto` is resolved when a run is planned: a config names what it trains
+            raise ConfigError(f"config: 'protocol' must be {one_of(PROTOCOLS)} in a resolved config, got {protocol!r}")
         d["train"] = TrainConfig(**{**PROTOCOL_DEFAULTS.get(protocol, {}), **train})
         return cls(**d)
 
@@ -188,6 +221,7 @@ def resolve_config(
     strat: dict[str, Any] = {}
     grid: dict[str, list] = {}
     used = []
+    named_by = ""  # the layer that names the protocol, if one does
     if benchmark in ("vtab", "fgvc"):  # VPT's batch on both (KMnP/vpt configs/base-prompt.yaml:25, demo.ipynb:824-828)
         train["batch_size"] = 128
     spec = find_recipe(registered_recipes, strategy, backbone, benchmark, task)
@@ -195,11 +229,8 @@ def resolve_config(
         t, s = recipe_layers(spec.values, task)
         train.update(t), strat.update(s), grid.update(spec.values.get("grid", {}))
         used.append(spec.name)
+        named_by = f"recipe {spec.name}" if "protocol" in t else named_by
     notes = []
-    if spec is None and recipe_file is None:
-        notes.append(f"no recipe for {strategy} on {backbone} ({benchmark}): the {train.get('protocol', TrainConfig.protocol)} "
-                     f"protocol's fallbacks apply ({TrainConfig.epochs} epochs, lr {TrainConfig.lr}, the strategy's "
-                     f"default options); pass --recipe FILE or the flags for a setup that suits this backbone")
     if recipe_file is not None:
         data = load_recipe_file(recipe_file)
         notes += _mismatches(data.get("match", {}), recipe_file, strategy=strategy, backbone=backbone,
@@ -207,20 +238,31 @@ def resolve_config(
         t, s = recipe_layers(data, task)
         train.update(t), strat.update(s), grid.update(data.get("grid", {}))
         used.append(str(recipe_file))
+        named_by = f"--recipe {recipe_file}" if "protocol" in t else named_by
     cli_values = coerce_train_values(train_overrides or {}, "command line")
     check_flags(cli_values)  # a bad flag is named as such: "--lr: must be a finite number ..."
     train.update(cli_values)
+    named_by = "--protocol" if "protocol" in cli_values else named_by
     strat.update(strategy_overrides or {})
     protocol = train.get("protocol", TrainConfig.protocol)
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"'protocol' must be {one_of(PROTOCOLS)}, got {protocol!r}")
+    if protocol not in PROTOCOL_CHOICES:
+        raise ConfigError(f"'protocol' must be {one_of(PROTOCOL_CHOICES)}, got {protocol!r}")
+    if protocol == "auto":  # no layer names one, or one names `auto`
+        protocol, reason = auto_protocol(registered_recipes, backbone, benchmark, task)
+    else:
+        reason = f"{protocol}: named by {named_by}"
+    train["protocol"] = protocol
+    if spec is None and recipe_file is None:
+        notes.append(f"no recipe for {strategy} on {backbone} ({benchmark}): the {protocol} protocol's fallbacks apply "
+                     f"({TrainConfig.epochs} epochs, lr {TrainConfig.lr}, the strategy's default options); pass "
+                     f"--recipe FILE or the flags for a setup that suits this backbone")
     config = TrainConfig(**{**PROTOCOL_DEFAULTS[protocol], **train}).validate()  # explicit values win
     if config.warmup_epochs >= config.epochs:
         notes.append(f"--warmup-epochs {config.warmup_epochs} is not below --epochs {config.epochs}: the lr never "
                      f"leaves its warm-up (nor reaches --lr); pass --warmup-epochs below {config.epochs}")
     resolved = ResolvedConfig(
         backbone=backbone, strategy=strategy, task=task, benchmark=benchmark, weights=weights,
-        train=config, strategy_config=strat, final=final, recipes=used, grid=grid, notes=notes,
+        train=config, strategy_config=strat, final=final, recipes=used, grid=grid, protocol_reason=reason, notes=notes,
     )
     return resolved
 

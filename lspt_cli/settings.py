@@ -25,7 +25,9 @@ from .errors import ConfigError
 from .specs import READOUTS
 from .validate import MAX_SEED, MAX_THREADS, Rule, device_problem, option_name
 
-PROTOCOLS = ("paper", "lspt")
+PROTOCOLS = ("paper", "lspt")  # what a run trains under (config.json, summary.json, a bundle)
+# `auto` (the default) is resolved to one of PROTOCOLS when a run is planned (recipes.auto_protocol)
+PROTOCOL_CHOICES = ("auto", *PROTOCOLS)
 # logger names separated by commas, or nothing (`--log tensorboard,mlflow`; lspt_cli/loggers.py)
 LOGGER_NAMES_FORM = re.compile(r"\s*[\w.-]+(\s*,\s*[\w.-]+)*\s*|\s*")
 VPT_BASE = "KMnP/vpt configs/base-prompt.yaml"
@@ -110,8 +112,9 @@ def one_of(allowed) -> str:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("protocol", str, "paper", choices=PROTOCOLS, source="docs/protocol.md",
-            help="paper (the official VPT/GaPT training) or lspt (lspt's improvements); each item's own flag still wins."),
+    Setting("protocol", str, "auto", choices=PROTOCOL_CHOICES, source="docs/protocol.md",
+            help="paper (the official VPT/GaPT training), lspt (lspt's improvements) or auto (paper where a paper "
+                 "recipe covers the backbone and benchmark, else lspt); each item's own flag still wins."),
     Setting("epochs", int, 100, "Training epochs.", f"{VPT_BASE}:19 (TOTAL_EPOCH)", Rule(int, 1, 1_000_000)),
     Setting("warmup_epochs", int, 10, "Epochs of linear lr warm-up before the cosine decay.",
             f"{VPT_BASE}:18 (WARMUP_EPOCH)", Rule(int, 0, 1_000_000)),
@@ -201,7 +204,8 @@ TrainConfig = make_dataclass(
     [(s.name, s.kind.__name__, field(default=s.default, metadata={"setting": s})) for s in SETTINGS],
     bases=(_TrainConfigMethods,),
     namespace={"__doc__": "Every training knob of a run, one field per `Setting` of SETTINGS (lspt_cli/settings.py); "
-                          "the defaults are the `paper` protocol's.", "__module__": __name__},
+                          "the items' defaults are the `paper` protocol's; `protocol` is `auto` until "
+                          "recipes.resolve_config resolves it.", "__module__": __name__},
 )
 
 

@@ -86,7 +86,7 @@ def test_protocol_sets_defaults_and_explicit_values_win(cli, tmp_path):
 
 def test_bad_protocol_values_are_one_error_line(cli, tmp_path):
     result = cli("tune", "--backbone", "vit-tiny", "--task", "digits", "--protocol", "vpt", "--dry-run")
-    assert result.exit_code == 2 and "Error: --protocol: must be 'paper' or 'lspt', got 'vpt'" in result.output
+    assert result.exit_code == 2 and "Error: --protocol: must be 'auto', 'paper' or 'lspt', got 'vpt'" in result.output
     result = cli("tune", "--backbone", "vit-tiny", "--task", "digits", "--schedule", "per-batch", "--dry-run")
     assert result.exit_code == 2 and "--schedule: must be 'per-epoch' or 'per-step'" in result.output
     recipe = tmp_path / "r.toml"

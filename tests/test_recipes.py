@@ -10,7 +10,7 @@ import pytest
 from registered import STRATEGIES
 
 from lspt_cli.errors import ConfigError
-from lspt_cli.settings import TrainConfig
+from lspt_cli.settings import PROTOCOL_DEFAULTS, TrainConfig
 from lspt_cli.recipes import (
     find_recipe,
     load_recipe_file,
@@ -292,10 +292,12 @@ def test_resolution_order(recipes, tmp_path):
     none = resolve([], recipe_file=recipe_file, benchmark="vtab", task="vtab/dtd")
     assert (none.train.lr, none.train.epochs, none.train.batch_size) == (0.3, 7, 128)
     assert none.train.momentum == TrainConfig().momentum and none.recipes == [str(recipe_file)]
+    # ... under `auto`: no paper recipe covers the run, so lspt's protocol (issue 21)
+    lspt = dict(PROTOCOL_DEFAULTS["lspt"], protocol="lspt")
     bare = resolve([], strategy="linear", task="cub")
-    assert bare.train == TrainConfig(batch_size=128) and bare.strategy_config == {} and bare.recipes == []
+    assert bare.train == TrainConfig(batch_size=128, **lspt) and bare.strategy_config == {} and bare.recipes == []
     custom = resolve([], strategy="linear", benchmark="custom", task="digits")
-    assert custom.train == TrainConfig()  # no benchmark default outside VTAB/FGVC
+    assert custom.train == TrainConfig(**lspt)  # no benchmark default outside VTAB/FGVC
 
 
 def test_most_specific_registered_recipe_wins(recipes):
