@@ -455,6 +455,82 @@ def _strategy_checks(checks: _Checks, name: str, host, tmp: Path, *, backbone: s
     checks.run("same seed, same result", seeded)
     checks.run("data-aware init", lambda: _data_init_check(model, frozen, images, labels),
                "init_from_data: deterministic for a seed, its result in state_dict, never rerun on resume")
+    checks.run("DINOv2-shaped backbone", lambda: _dinov2_shaped_check(name, host),
+               "use self.prefix (dims.num_prefix_tokens: CLS + registers) for where prompts go, never 1, and size "
+               "parameters from dims (embed_dim, depth, num_heads, patch_size), never ViT-B's numbers")
+
+
+# A tiny model shaped like DINOv2 with registers (timm's vit_small_patch14_reg4_dinov2 at width 64, depth 4):
+# 4 register tokens (5 prefix tokens), LayerScale, 14-px patches on 42-px images (a 3 x 3 grid), no
+# position embedding on the prefix (no_embed_class), as timm builds DINOv2 with registers.
+DINOV2_SHAPED = dict(img_size=42, patch_size=14, embed_dim=64, depth=4, num_heads=4, init_values=1e-5,
+                     reg_tokens=4, no_embed_class=True)
+
+
+def dinov2_shaped_backbone():
+    """The DINOv2-shaped backbone above, random init with a fixed seed, frozen."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    from .backbone import FrozenBackbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = VisionTransformer(**DINOV2_SHAPED, num_classes=0)
+    return FrozenBackbone(model, "dinov2-shaped (tiny)", "cls+mean", source="random init (seed 0)")
+
+
+def _dinov2_shaped_check(name: str, host) -> str:
+    """Every strategy on registers, LayerScale and patch 14: forward and backward with every trainable
+    tensor reached, the prefix tokens (CLS + registers) left where they are with the prompts after
+    them, and the cls+mean readout (twice the width) on top."""
+    import torch
+
+    from .engine.data_init import run_data_init, wanted_images
+    from .engine.distributed import DistContext
+    from .engine.grad_watch import GradWatch
+    from .prompted import PromptedViT, build_strategy
+
+    frozen = dinov2_shaped_backbone()
+    dims = frozen.dims
+    images, labels = _batch(frozen, seed=1)
+    torch.manual_seed(0)
+    strategy = build_strategy(name, dims, {}, host=host)
+    m = PromptedViT(frozen, strategy, CLASSES, readout="cls+mean")
+    if wanted_images(strategy):  # as the Trainer runs it (engine/data_init.py), on the kit's images
+        batches = lambda order: [(images[torch.tensor(order) % images.shape[0]], None)]  # noqa: E731
+        run_data_init(m, batches, images.shape[0], 0, torch.device("cpu"), DistContext())
+    embedded = frozen.embed(images)
+    seen: dict[str, torch.Tensor] = {}
+    original = strategy.before_block
+
+    def spy(index, x, state):
+        out = original(index, x, state)
+        if index == 0:
+            seen["x"] = out.detach()
+        return out
+
+    strategy.before_block = spy
+    try:
+        m.train()
+        logits = m(images)
+    finally:
+        del strategy.before_block
+    if tuple(logits.shape) != (BATCH, CLASSES) or not torch.isfinite(logits).all():
+        raise _Fail(f"logits of shape {tuple(logits.shape)} (finite: {bool(torch.isfinite(logits).all())}) "
+                    f"on a model with {dims.num_prefix_tokens} prefix tokens")
+    x0, prefix = seen["x"], dims.num_prefix_tokens
+    if not torch.equal(x0[:, :prefix], embedded[:, :prefix].detach()):
+        raise _Fail(f"the first block's input does not start with the {prefix} prefix tokens (CLS + "
+                    f"{prefix - 1} registers): prompts went before a register")
+    watch = GradWatch(m)
+    _train_steps(m, images, labels, STEPS, watch)
+    dead = watch.dead()
+    if dead:
+        raise _Fail(f"no non-zero gradient in {STEPS} steps on the DINOv2-shaped model: {', '.join(dead)}")
+    prompts = x0.shape[1] - prefix - dims.num_patches
+    return (f"{prefix} prefix tokens (CLS + {prefix - 1} registers), LayerScale, patch {dims.patch_size}: "
+            f"{prompts} prompt slot(s) after the prefix, cls+mean head of width {m.head.in_features}, every trainable tensor reached within {STEPS} steps")
 
 
 # -- backbones -----------------------------------------------------------------------------------
@@ -465,8 +541,12 @@ def _backbone_checks(checks: _Checks, name: str, host, tmp: Path, *, weights=Non
 
     spec = host.backbones.get(name)
     loaded: dict[str, Any] = {}
+    member = not host.backbones.registered(name)  # timm/<model>: the family's spec, not the model's numbers
 
     def build():
+        if host.backbones.is_family(name):
+            raise _Fail(f"'{name}' is a family: check one of its models",
+                        f"lspt plugins check {name[:-1]}vit_small_patch14_dinov2 --weights FILE")
         loaded["b"] = load_backbone(name, weights, host=host)
         return f"{loaded['b'].source}"
 
@@ -475,6 +555,9 @@ def _backbone_checks(checks: _Checks, name: str, host, tmp: Path, *, weights=Non
 
     def dims():
         d = loaded["b"].dims
+        if member:
+            return (f"a member of family '{name.partition('/')[0]}/*': embed_dim {d.embed_dim}, depth {d.depth}, "
+                    f"prefix {d.num_prefix_tokens}, {d.num_patches} patches, readout {loaded['b'].readout} (from the model)")
         wrong = [f"{k}: spec {getattr(spec, k)}, model {getattr(d, k)}" for k in ("embed_dim", "depth", "num_prefix_tokens")
                  if getattr(spec, k) != getattr(d, k)]
         if wrong:
