@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
      {"engine", "engine.accel", "engine.checkpoint", "engine.distributed", "engine.evaluate", "engine.feature_cache",
       "engine.grad_watch", "engine.restore", "engine.totals", "engine.train", "engine.schedule", "engine.rng",
       "engine.run_files", "engine.optimizer", "engine.bundle_check", "engine.data_init",
-      "engine.memory_estimate"}),
+      "engine.memory_estimate", "engine.loss_watch"}),
     ("what is built on the engine: sweeps, reports, explanations, the Python API, the server, the checks",
      {"sweep", "sweep.driver", "sweep.executors", "sweep.grid", "sweep.render", "sweep.state", "report", "explain",
       "api", "serve", "serve.app", "serve.batcher", "serve.metrics", "serve.registry", "serve.server", "serve.ray_engine",

@@ -40,6 +40,7 @@ from .data_init import run_data_init
 from .distributed import DistContext
 from .evaluate import autocast, evaluate
 from .grad_watch import GradWatch, warn_dead
+from .loss_watch import LossWatch
 from .optimizer import make_optimizer
 from .rng import epoch_order, restore_rng, rng_state, seed_epoch, seed_everything
 from .run_files import append_metrics, remove_temp_files, trim_metrics, write_config, write_summary, writing
@@ -151,6 +152,7 @@ class Trainer:
         self.dist = DistContext.from_env()
         self._interrupt = False
         self._watch: GradWatch | None = None  # the dead-tensor watch, until it has seen steps that moved parameters
+        self._loss_watch: LossWatch | None = None  # the loss warnings (engine/loss_watch.py), set by run()
         self.resuming = False  # run(resume=True) from a checkpoint: setup skips the data-aware init
 
     # -- setup -------------------------------------------------------------------------------
@@ -335,6 +337,10 @@ class Trainer:
             self.log(f"Resuming {self.run_dir} at epoch {start_epoch + 1}" + (f", batch {position + 1}" if position else ""))
         elif self.dist.is_main:
             write_config(self.run_dir, {**self.config.to_json(), "meta": self.state_meta, "params": self.params})
+        # a loss far above log(classes), or growing: settings that do not suit the backbone (issue 21)
+        self._loss_watch = LossWatch(self.num_classes, cfg.protocol, cfg.grad_clip,
+                                     schema.metrics_records(self.run_dir / METRICS_NAME) if resume else [],
+                                     **({} if self.dist.is_main else {"say": lambda message: None}))
         if self.host is not None:
             self.host.emit("lspt_on_run_start", run=run, config=run.config)
         # docs/tracking.md: --log's loggers, rank 0 only; they never stop or change the run
@@ -418,7 +424,9 @@ class Trainer:
         params = self.model.trainable_parameters()
         if epoch == 0 and position == 0:  # a fresh run: watched whole, from its first step
             self._watch = GradWatch(self.model)
-        watch = self._watch
+            if self._loss_watch is not None:
+                self._loss_watch.begin()
+        watch, loss_watch = self._watch, self._loss_watch
         bar = self.progress_factory(epoch, cfg.epochs, len(remaining)) if self.progress_factory else None
         tick = time.time()
         step_in_epoch = position
@@ -433,6 +441,8 @@ class Trainer:
                     logits = self.train_model(images)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
                 sums.add(loss, logits, labels, step_in_epoch)  # on the device: no sync (engine/totals.py)
+                if loss_watch is not None:
+                    loss_watch.observe(loss)  # its first steps only, read once
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if watch is not None and self.schedule.factor(epoch, step_in_epoch) > 0:
@@ -467,6 +477,7 @@ class Trainer:
                 warn_dead(dead["dead_tensors"], watch.steps, f"epoch {epoch + 1}")
         totals = self.dist.all_reduce_sum([loss_sum, correct, seen], self.device)
         loss_sum, correct, seen = totals[0], totals[1], max(totals[2], 1)
+        first_steps = loss_watch.end_epoch(loss_sum / seen) if loss_watch is not None else {}
         return {
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen,
@@ -477,6 +488,7 @@ class Trainer:
             "images_per_s": seen / max(seconds, 1e-9),
             "seconds": seconds,
             **dead,
+            **first_steps,  # epoch 1: the first steps' mean loss (engine/loss_watch.py)
         }
 
     def _read_totals(self, totals: DeviceTotals, epoch: int) -> tuple[float, int, int]:
@@ -547,6 +559,7 @@ class Trainer:
             **self.speed,  # feature_cache, compile_seconds (not part of `seconds`): docs/performance.md
             **({"dead_tensors": dead} if (dead := next((r["dead_tensors"] for r in records if "dead_tensors" in r), None)) else {}),
             **({"diverged": diverged} if diverged else {}),  # epoch, step, loss, epochs_done
+            "warnings": self._loss_watch.warnings if self._loss_watch is not None else [],  # engine/loss_watch.py
         }
         if self.dist.is_main:
             meta = bundle.make_metadata(metrics=metrics, **self.state_meta)
