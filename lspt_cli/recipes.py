@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .settings import PROTOCOL_CHOICES, PROTOCOL_DEFAULTS, PROTOCOLS, TrainConfig, check_flags, coerce_train_values, one_of
+from .settings import BY_NAME, PROTOCOL_CHOICES, PROTOCOL_DEFAULTS, PROTOCOLS, TrainConfig, check_flags, coerce_train_values, one_of
 from .specs import RecipeSpec
 
 RECIPE_KEYS = {"description", "match", "train", "strategy", "tasks", "grid"}
@@ -104,6 +105,7 @@ def spec_from_file(path: Path) -> RecipeSpec:
             source = line[len("# Source:") :].strip()
             break
     return RecipeSpec(
+        value_sources=value_comments(read_recipe_text(path)),
         name=path.stem,
         description=data.get("description", ""),
         values=data,
@@ -113,6 +115,32 @@ def spec_from_file(path: Path) -> RecipeSpec:
         task=match.get("task", "*"),
         source=source,
     )
+
+
+def value_comments(text: str) -> dict[str, str]:
+    """Each value's comment in a recipe's text, by dotted key: `lr = 0.05  # Source: README.md:83`
+    under `[tasks.cub.train]` gives {"tasks.cub.train.lr": "Source: README.md:83"}. A `#` inside a
+    string is not a comment: the part before a candidate `#` must parse as TOML on its own."""
+    comments: dict[str, str] = {}
+    table = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        header = re.fullmatch(r"\[\s*([^\[\]]+?)\s*\](?:\s*#.*)?", stripped)
+        if header:
+            table = header.group(1).replace('"', "").replace(" ", "")
+            continue
+        if not stripped or stripped.startswith("#") or "=" not in stripped or "#" not in stripped:
+            continue
+        for at in [m.start() for m in re.finditer("#", stripped)]:
+            try:
+                parsed = tomllib.loads(stripped[:at])
+            except tomllib.TOMLDecodeError:
+                continue
+            if len(parsed) == 1:
+                key = next(iter(parsed))
+                comments[f"{table}.{key}" if table else key] = stripped[at + 1 :].strip()
+            break
+    return comments
 
 
 def find_recipe(recipes, strategy: str, backbone: str, benchmark: str, task: str) -> RecipeSpec | None:
@@ -162,6 +190,21 @@ def recipe_layers(data: dict[str, Any], task: str) -> tuple[dict[str, Any], dict
     return coerce_train_values(train, "recipe"), strategy
 
 
+def layer_sources(data: dict[str, Any], comments: dict[str, str], task: str, label: str) -> dict[str, str]:
+    """Where each value of one recipe layer comes from, keyed like ResolvedConfig.sources: the
+    train key ("lr") or "strategy.<option>", each "<label>: <its comment>" (or the label alone)."""
+    def cite(dotted: str) -> str:
+        return f"{label}: {comments[dotted]}" if comments.get(dotted) else label
+
+    sources = {key: cite(f"train.{key}") for key in data.get("train", {})}
+    sources.update({f"strategy.{key}": cite(f"strategy.{key}") for key in data.get("strategy", {})})
+    for pattern, override in data.get("tasks", {}).items():
+        if fnmatch.fnmatchcase(task, pattern):
+            sources.update({key: cite(f"tasks.{pattern}.train.{key}") for key in override.get("train", {})})
+            sources.update({f"strategy.{key}": cite(f"tasks.{pattern}.strategy.{key}") for key in override.get("strategy", {})})
+    return sources
+
+
 @dataclass
 class ResolvedConfig:
     """Everything a run needs, with where each layer came from (printed by `tune --dry-run`)."""
@@ -180,6 +223,9 @@ class ResolvedConfig:
     protocol_reason: str = field(default="", compare=False)
     # warnings about how the config came about (resolve_config), shown by tune and sweep; not recorded
     notes: list[str] = field(default_factory=list, compare=False, repr=False)
+    # where each value came from ("lr": "recipe spt-deep-mae-vitb-fgvc: Source: README.md:83"; strategy
+    # options as "strategy.<key>"): shown by `tune --dry-run`, not recorded
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def protocol(self) -> str:
@@ -188,6 +234,7 @@ class ResolvedConfig:
     def to_json(self) -> dict[str, Any]:
         doc = {"protocol": self.protocol, **dataclasses.asdict(self)}
         doc.pop("notes")
+        doc.pop("sources")
         return doc
 
     @classmethod
@@ -222,12 +269,15 @@ def resolve_config(
     grid: dict[str, list] = {}
     used = []
     named_by = ""  # the layer that names the protocol, if one does
+    sources: dict[str, str] = {}
     if benchmark in ("vtab", "fgvc"):  # VPT's batch on both (KMnP/vpt configs/base-prompt.yaml:25, demo.ipynb:824-828)
         train["batch_size"] = 128
+        sources["batch_size"] = f"{benchmark} default: KMnP/vpt configs/base-prompt.yaml:25"
     spec = find_recipe(registered_recipes, strategy, backbone, benchmark, task)
     if spec is not None:
         t, s = recipe_layers(spec.values, task)
         train.update(t), strat.update(s), grid.update(spec.values.get("grid", {}))
+        sources.update(layer_sources(spec.values, spec.value_sources, task, f"recipe {spec.name}"))
         used.append(spec.name)
         named_by = f"recipe {spec.name}" if "protocol" in t else named_by
     notes = []
@@ -237,13 +287,16 @@ def resolve_config(
                              benchmark=benchmark, task=task)
         t, s = recipe_layers(data, task)
         train.update(t), strat.update(s), grid.update(data.get("grid", {}))
+        sources.update(layer_sources(data, value_comments(read_recipe_text(recipe_file)), task, f"--recipe {recipe_file}"))
         used.append(str(recipe_file))
         named_by = f"--recipe {recipe_file}" if "protocol" in t else named_by
     cli_values = coerce_train_values(train_overrides or {}, "command line")
     check_flags(cli_values)  # a bad flag is named as such: "--lr: must be a finite number ..."
     train.update(cli_values)
+    sources.update({key: "command line" for key in cli_values})
     named_by = "--protocol" if "protocol" in cli_values else named_by
     strat.update(strategy_overrides or {})
+    sources.update({f"strategy.{key}": "command line (--set)" for key in strategy_overrides or {}})
     protocol = train.get("protocol", TrainConfig.protocol)
     if protocol not in PROTOCOL_CHOICES:
         raise ConfigError(f"'protocol' must be {one_of(PROTOCOL_CHOICES)}, got {protocol!r}")
@@ -252,6 +305,11 @@ def resolve_config(
     else:
         reason = f"{protocol}: named by {named_by}"
     train["protocol"] = protocol
+    sources["protocol"] = reason
+    for name, setting in BY_NAME.items():
+        if name not in sources:
+            where = f"{protocol} protocol default" if name in PROTOCOL_DEFAULTS[protocol] else "lspt default"
+            sources[name] = f"{where}: {setting.source}" if setting.source else where
     if spec is None and recipe_file is None:
         notes.append(f"no recipe for {strategy} on {backbone} ({benchmark}): the {protocol} protocol's fallbacks apply "
                      f"({TrainConfig.epochs} epochs, lr {TrainConfig.lr}, the strategy's default options); pass "
@@ -263,6 +321,7 @@ def resolve_config(
     resolved = ResolvedConfig(
         backbone=backbone, strategy=strategy, task=task, benchmark=benchmark, weights=weights,
         train=config, strategy_config=strat, final=final, recipes=used, grid=grid, protocol_reason=reason, notes=notes,
+        sources=sources,
     )
     return resolved
 

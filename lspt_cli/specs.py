@@ -121,7 +121,9 @@ class DatasetSpec:
 class RecipeSpec:
     """Training hyper-parameters for (strategy, backbone, benchmark), optionally one task.
 
-    `values` is the parsed TOML (a flat dict of config keys); `source` names where it came from.
+    `values` is the parsed TOML (a flat dict of config keys); `source` names where it came from;
+    `value_sources` maps a value's dotted key ("train.lr", "tasks.cub.train.lr", "strategy.num_prompts")
+    to its citation (a recipe file's comment on that line), shown by `tune --dry-run`.
     """
 
     name: str
@@ -132,6 +134,7 @@ class RecipeSpec:
     benchmark: str = "*"
     task: str = "*"
     source: str = ""
+    value_sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

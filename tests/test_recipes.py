@@ -387,3 +387,71 @@ def test_hard_coded_option_keys_match_the_registered_strategies():
     for name, keys in STRATEGY_KEYS.items():
         if name in strategies:
             assert set(strategies.get(name).defaults) == keys, name
+
+
+# -- where each value comes from (`tune --dry-run`'s "sources") ------------------------------------
+def test_value_comments_read_each_lines_citation():
+    from lspt_cli.recipes import value_comments
+
+    text = '''# Source: a header, not a value
+description = "a # in a string is not a comment"
+[train]
+lr = 0.05  # Source: README.md:83
+label = "x#y"  # the comment after the string
+epochs = 10
+[tasks.cub.train]  # a table's own comment
+lr = 0.1  # per-task table, cub
+[tasks."dmlab".strategy]
+num_prompts = 5 # quoted table name
+'''
+    assert value_comments(text) == {
+        "train.lr": "Source: README.md:83",
+        "train.label": "the comment after the string",
+        "tasks.cub.train.lr": "per-task table, cub",
+        "tasks.dmlab.strategy.num_prompts": "quoted table name",
+    }
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if load_recipe_file(p).get("train", {}).get("protocol") == "paper"],
+                         ids=lambda p: p.stem)
+def test_every_value_of_a_paper_recipe_is_cited(path):
+    """A paper recipe says where each of its values comes from, on the value's own line (the
+    comment `tune --dry-run` shows as its source)."""
+    from lspt_cli.recipes import value_comments
+
+    data, comments = load_recipe_file(path), value_comments(path.read_text())
+    keys = [f"{table}.{key}" for table in ("train", "strategy") for key in data.get(table, {})]
+    keys += [f"tasks.{pattern}.{table}.{key}" for pattern, override in data.get("tasks", {}).items()
+             for table in ("train", "strategy") for key in override.get(table, {})]
+    assert [key for key in keys if not comments.get(key)] == []
+
+
+def test_resolved_sources_name_the_layer_and_its_citation(recipes, tmp_path):
+    config = resolve(recipes, "gapt", "mae-vitb", "fgvc", "cars", train_overrides={"epochs": 3},
+                     strategy_overrides={"dropout": 0.0})
+    sources = config.sources
+    assert sources["lr"].startswith("recipe gapt-mae-vitb-fgvc: Source: GaPT's paper") and sources["lr"].endswith("cars")
+    assert sources["strategy.gate_init"].endswith("cars")  # the task's own line, not the recipe's default
+    assert sources["epochs"] == "command line" and sources["strategy.dropout"] == "command line (--set)"
+    assert sources["momentum"].startswith("recipe gapt-mae-vitb-fgvc: Source: GatedPromptTuning@dd7d1ea configs/base-prompt.yaml:15")
+    assert sources["grad_clip"].startswith("paper protocol default")
+    assert set(TrainConfig.__dataclass_fields__) <= set(sources)
+    assert "sources" not in config.to_json()  # shown, never recorded: config.json's schema is unchanged
+    own = tmp_path / "mine.toml"
+    own.write_text('[train]\nlr = 0.3  # my own sweep, run 7\n')
+    mine = resolve(recipes, "gapt", "mae-vitb", "fgvc", "cars", recipe_file=own)
+    assert mine.sources["lr"] == f"--recipe {own}: my own sweep, run 7"
+
+
+def test_dry_run_shows_the_source_of_every_value(cli):
+    import json
+
+    result = cli("tune", "--strategy", "spt-deep", "--backbone", "mae-vitb", "--task", "cub", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout[result.stdout.index("{"):])
+    sources = doc["sources"]
+    assert set(doc["train"]) <= set(sources)
+    assert {f"strategy.{key}" for key in doc["strategy_options"]} <= set(sources)
+    assert "README.md:83" in sources["lr"] and doc["train"]["lr"] == 0.05
+    assert sources["strategy.num_prompts"].startswith("recipe spt-deep-mae-vitb-fgvc: Source: WangYZ1608/Self-Prompt-Tuning")
+    assert sources["strategy.kmeans_iters"] == "strategy spt-deep's default (docs/strategies.md)"

@@ -165,8 +165,10 @@ def register(app: typer.Typer) -> None:
         memory = _say_memory(config, host, quiet)  # before training: what the backbone needs, and whether it fits
         if dry_run:
             options = host.strategies.get(config.strategy).options(config.strategy_config)
+            sources = {**config.sources, **{f"strategy.{key}": f"strategy {config.strategy}'s default (docs/strategies.md)"
+                                            for key in options if f"strategy.{key}" not in config.sources}}
             print_json({**config.to_json(), "strategy_options": options, "lr_trained": config.train.scaled_lr,
-                        "run_dir": str(run_dir), "memory": memory})
+                        "run_dir": str(run_dir), "memory": memory, "sources": sources})
             return
         from ..loggers import check_loggers
 
