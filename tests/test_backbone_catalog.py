@@ -72,6 +72,22 @@ def test_every_catalog_entry_is_registered_with_what_the_list_shows():
         assert spec.tokens() == (224 // entry.patch_size) ** 2 + entry.num_prefix_tokens
 
 
+@pytest.mark.parametrize("name", sorted(catalog.CATALOG))
+def test_each_spec_describes_its_full_size_timm_model(name):
+    """Built on the meta device (no memory, no weights): width, depth, patch, prefix tokens and tokens
+    per image as registered, at lspt's default input size."""
+    entry, spec = catalog.CATALOG[name], get_host().backbones.get(name)
+    with torch.device("meta"):
+        model = timm_vit.create_model(entry, None, dict(entry.model_kwargs), img_size=spec.input_size)
+    patch = model.patch_embed.patch_size[0]
+    assert (model.embed_dim, len(model.blocks), patch, model.num_prefix_tokens) == (
+        spec.embed_dim, spec.depth, spec.patch_size, spec.num_prefix_tokens)
+    assert model.patch_embed.num_patches + model.num_prefix_tokens == spec.tokens()
+    # the official head counts: ViT-S 6 (MoCo v3's 12), B 12, L 16, H 16 (mae models_vit.py:70-73), g 24
+    heads = 12 if name == "mocov3-vits" else {384: 6, 768: 12, 1024: 16, 1280: 16, 1536: 24}[spec.embed_dim]
+    assert model.blocks[0].attn.num_heads == heads
+
+
 def test_the_original_names_are_unchanged():
     names = set(get_host().backbones.names())
     assert {"mae-vitb", "mocov3-vitb", "sup-vitb", "vit-tiny"} <= names
