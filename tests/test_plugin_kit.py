@@ -294,7 +294,7 @@ def test_plugins_check_cli_names_the_tensor_and_exits_1():
     assert text.exit_code == 1
     fail_lines = [l for l in text.stdout.splitlines() if l.startswith("FAIL")]
     assert len(fail_lines) == 1 and "gradients" in fail_lines[0] and "strategy.bias" in fail_lines[0] and "(fix:" in fail_lines[0]
-    assert sum(l.startswith("OK") for l in text.stdout.splitlines()) == 7 + 9  # the rest of deadbias, all of vpt-deep
+    assert sum(l.startswith("OK") for l in text.stdout.splitlines()) == 8 + 10  # the rest of deadbias, all of vpt-deep
     assert sum(l.startswith("SKIP") for l in text.stdout.splitlines()) == 1  # its count_params is not set
     assert text.stderr.strip().splitlines()[0] == "Error: 1 check(s) failed: strategy deadbias: gradients"
     assert doc.exit_code == 1 and doc.json["ok"] is False and doc.json["failed"] == ["strategy deadbias: gradients"]
@@ -521,7 +521,7 @@ def test_generated_strategy_plugin_installs_passes_its_tests_and_the_check(tmp_p
         assert check.exit_code == 0, check.stdout + check.stderr
         assert [c["name"] for c in check.json["components"]] == [component]
         checks = check.json["components"][0]["checks"]
-        assert len(checks) == 9 and check.json["ok"]
+        assert len(checks) == 10 and check.json["ok"]
         assert [c for c in checks if c["check"] == "data-aware init"][0]["message"].startswith(data_init), checks
     finally:
         subprocess.run([*pip, "uninstall", "--yes", "--quiet", f"lspt-{component}"], check=True, capture_output=True)
