@@ -143,7 +143,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ddp_batch", str, "split", "Under torchrun: split --batch-size over the ranks (split), or use it on every rank (per-rank).",
             "KMnP/vpt src/data/loader.py:62 (BATCH_SIZE / NUM_GPUS)", choices=("split", "per-rank"),
             by_protocol={"paper": "split", "lspt": "per-rank"}),
-    Setting("readout", str, "", "cls, mean-norm (GaPT's MAE readout) or mean-ln (VPT's).", choices=("", *READOUTS),
+    Setting("readout", str, "", "cls, mean-norm (GaPT's MAE readout), mean-ln (VPT's) or cls+mean (DINOv2's linear evaluation; the head takes 2 x D).", choices=("", *READOUTS),
             default_text="the backbone's"),
     Setting("img_size", int, 0, "Input size N: N x N images, position embeddings resampled to the grid as the "
             "model's authors do (docs/backbones.md); a multiple of the patch size. 0 = the backbone's own size.",
