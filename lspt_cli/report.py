@@ -54,17 +54,29 @@ REFERENCE: dict[tuple[str, str], dict[str, float]] = {
     ("mocov3-vitb", "vpt-shallow"): {"fgvc_mean": 79.26, "natural": 67.34, "specialized": 82.26, "structured": 37.55},
     ("mocov3-vitb", "vpt-deep"): {"fgvc_mean": 83.12, "natural": 70.27, "specialized": 83.04, "structured": 42.38},
     ("mocov3-vitb", "gapt"): {"fgvc_mean": 83.00, "natural": 74.84, "specialized": 83.38, "structured": 49.10},
-    # Issue #22's figures, to one decimal as it gives them; neither paper's tables could be read offline.
-    ("mae-vitb", "spt-deep"): {"natural": 62.5, "specialized": 80.9, "structured": 53.5},
+    # SPT and VFPT: neither paper's tables could be read offline. SPT's VTAB-1k Natural means come from
+    # Papers with Code's "VTAB-1k (Natural<7>)" leaderboard of SPT's paper (the sotaverified.org mirror,
+    # which lists GaPT's and VPT's rows above with the same values as their tables), SPT-Deep MoCo v3's
+    # FGVC mean from its paper's Papers with Code page. Issue #22's "62.5 / 80.9 / 53.5 on MAE ViT-B"
+    # is filed under spt-shallow: its 62.5 is SPT-Shallow's 62.53 there (SPT-Deep's is 67.19).
+    ("mae-vitb", "spt-shallow"): {"natural": 62.53, "specialized": 80.9, "structured": 53.5},
+    ("mae-vitb", "spt-deep"): {"natural": 67.19},
+    ("mocov3-vitb", "spt-shallow"): {"natural": 74.47},
+    ("mocov3-vitb", "spt-deep"): {"fgvc_mean": 86.00, "natural": 76.2},
     ("mae-vitb", "vfpt"): {"natural": 53.6, "specialized": 77.8, "structured": 36.2},
     ("mocov3-vitb", "vfpt"): {"natural": 77.5, "specialized": 85.8, "structured": 58.7},
 }
 _GAPT_TABLES = "GaPT's paper (arXiv 2306.05067), its FGVC and VTAB-1k tables"
 _UNVERIFIED = "quoted by issue #22, unverified"
+_PWC_SPT = ("SPT's paper (arXiv 2402.02382) as Papers with Code lists it (sotaverified.org mirror: VTAB-1k "
+            "Natural leaderboard; FGVC on the paper's page); SPT's own tables not read")
 REFERENCE_SOURCES: dict[tuple[str, str], str] = {
     **{key: _GAPT_TABLES for key in REFERENCE if key[1] in ("vpt-shallow", "vpt-deep", "gapt")},
-    ("mae-vitb", "spt-deep"): f"{_UNVERIFIED} (later papers' figures for SPT, arXiv 2402.02382; "
-                              "SPT's own tables and the variant not checked)",
+    ("mae-vitb", "spt-shallow"): f"Natural: {_PWC_SPT}; Specialized and Structured {_UNVERIFIED} (its Natural, "
+                                 "62.5, is SPT-Shallow's)",
+    ("mae-vitb", "spt-deep"): _PWC_SPT,
+    ("mocov3-vitb", "spt-shallow"): _PWC_SPT,
+    ("mocov3-vitb", "spt-deep"): _PWC_SPT,
     ("mae-vitb", "vfpt"): f"{_UNVERIFIED} (VFPT, arXiv 2411.01327; its tables not checked, its README gives none)",
     ("mocov3-vitb", "vfpt"): f"{_UNVERIFIED} (VFPT, arXiv 2411.01327; its tables not checked, its README gives none)",
 }

@@ -107,9 +107,10 @@ def test_partial_vtab_and_non_final_runs(cli, tmp_path):
     assert "55.00* (1/7)" in md
 
 
-# Issue #22's figures for SPT (MAE) and VFPT (MAE, MoCo v3): VTAB-1k Natural / Specialized / Structured.
+# Issue #22's figures for SPT-shallow (MAE; its Natural as Papers with Code lists it) and VFPT (MAE,
+# MoCo v3): VTAB-1k Natural / Specialized / Structured.
 QUOTED = {
-    ("mae-vitb", "spt-deep"): (62.5, 80.9, 53.5),
+    ("mae-vitb", "spt-shallow"): (62.53, 80.9, 53.5),
     ("mae-vitb", "vfpt"): (53.6, 77.8, 36.2),
     ("mocov3-vitb", "vfpt"): (77.5, 85.8, 58.7),
 }
@@ -126,7 +127,7 @@ def test_spt_and_vfpt_runs_are_shown_next_to_the_quoted_numbers(cli, tmp_path, b
         write_run(tmp_path / "fgvc", t, t, 70.0, backbone=backbone, strategy=strategy)
     assert tuple(REFERENCE[(backbone, strategy)][g] for g in VTAB_GROUPS) == QUOTED[(backbone, strategy)]
     source = REFERENCE_SOURCES[(backbone, strategy)]
-    assert source.startswith("quoted by issue #22, unverified")
+    assert "quoted by issue #22, unverified" in source
 
     doc = json.loads(cli("report", str(tmp_path), "--format", "json").stdout)
     (row,) = doc["vtab"]
@@ -150,7 +151,17 @@ def test_spt_and_vfpt_runs_are_shown_next_to_the_quoted_numbers(cli, tmp_path, b
 def test_every_reference_row_names_its_source():
     assert set(REFERENCE_SOURCES) == set(REFERENCE)
     for key, source in REFERENCE_SOURCES.items():
-        assert source.startswith(("GaPT's paper (arXiv 2306.05067)", "quoted by issue #22, unverified")), key
+        assert source.startswith(("GaPT's paper (arXiv 2306.05067)", "quoted by issue #22, unverified",
+                                  "SPT's paper (arXiv 2402.02382)", "Natural: SPT's paper")), key
+
+
+def test_a_partial_reference_row_shows_only_what_the_paper_gives(cli, tmp_path):
+    """SPT-deep on MAE has only a VTAB Natural reference: its other groups and FGVC show none."""
+    for t in VTAB_TASKS:
+        write_run(tmp_path, t, f"vtab/{t}", 60.0, backbone="mae-vitb", strategy="spt-deep")
+    (row,) = json.loads(cli("report", str(tmp_path), "--format", "json").stdout)["vtab"]
+    assert row["natural"]["reference"] == 67.19 and row["natural"]["delta"] == pytest.approx(60.0 - 67.19)
+    assert row["specialized"]["reference"] is None and row["structured"]["reference"] is None
 
 
 def test_no_runs_is_an_error(cli, tmp_path):
