@@ -89,8 +89,10 @@ class Registry:
             info = header.backbone
             key = (info.get("name") or "", info.get("fingerprint") or "")
             shared = self._backbones.get(key)
-            if shared is None and not key[1]:  # a bundle without a recorded fingerprint: any backbone of its name
-                shared = next((b for (n, _), b in self._backbones.items() if n == key[0]), None)
+            if shared is None and not key[1]:  # a bundle without a recorded fingerprint: any backbone of its name and size
+                size = bundle.recorded_img_size(header)
+                shared = next((b for (n, _), b in self._backbones.items()
+                               if n == key[0] and (size is None or b.img_size == size)), None)
             weights = self.weights.get(key[0], self.weights.get(None))
             model = api.load(path, weights, device=self.device, backbone=shared)
             backbone = model.model.backbone
