@@ -36,6 +36,20 @@ Decisions lspt made where its formulation leaves room:
 - With spatial = "mean" and nearly closed gates, the prompt inputs accumulate the mean patch tokens
   of all earlier blocks (S^l ~ S^{l-1} + mean patch^l); this is lspt's formulation taken literally.
 
+How the step is computed (speed; the values are those of the equations above, the forward's bit
+for bit, checked against the plain formulation in tests/test_lspt_fast.py):
+- Reading G^l and the mean patch token from block l's output and writing S^l + W_out h^l back into
+  its prompt slots are two small autograd functions (`_CodedPrompts`, `_ReplacePrompts`). Their
+  forwards run the same ops as `parts.gate`, `patch_tokens(x).mean(1)` and `replace_prompts`; their
+  backwards build x's gradient with one `cat` each, where autograd's own backward of the three
+  slices and the mean filled and summed four zero tensors of x's size.
+- The LSTM step is `torch.lstm` over one time step with the cell's own weights: one fused kernel
+  forward and one backward (oneDNN's on CPU in fp32 and bf16) instead of `LSTMCell`'s two GEMMs
+  and eleven point-wise ops, each with its backward. Under bf16 autocast the weights are cast once
+  per forward (`start`), so the fused kernel runs in bf16 too.
+Every launched operator counts on a small shared CPU: each one pays its threads' hand-over, and
+that, not the LSTM's < 1% of the FLOPs, is what made LSPT slower than GaPT (docs/performance.md).
+
 Trainable: prompts (Np * D), gamma (L - 1), tau (L, if temperature), and with memory = "lstm"
 W_in (D * r) + LSTMCell (8 r^2 + 8 r) + W_out (r * D); plus the head.
 Config: num_prompts (100), gate_init (5), temperature (true), dropout (0.0), spatial ("mean"),
@@ -60,7 +74,6 @@ from .parts import (
     check_int,
     check_number,
     drop_prompts,
-    gate,
     gate_logits,
     prompt_init,
     spt_prototypes,
@@ -69,6 +82,62 @@ from .parts import (
 )
 
 __all__ = ["LSPT"]
+
+
+class _CodedPrompts(torch.autograd.Function):
+    """G^l = inputs + g * (prompt outputs - inputs) (`parts.gate`), plus the mean patch token of x
+    when `spatial` (GSPC), read from block l's output x [B, T, D] (prompt slots at [start, start + Np)).
+
+    The forward runs exactly the plain ops (the same values); the backward writes x's gradient
+    (g * grad in the prompt slots, the mean's share in the patch slots, zero in the prefix) with one
+    cat, instead of a zero-filled x-sized gradient per slice that autograd would then sum."""
+
+    @staticmethod
+    def forward(ctx, x, inputs, g, start: int, spatial: bool):
+        end = start + inputs.shape[1]
+        diff = x[:, start:end] - inputs
+        coded = inputs + g * diff
+        if spatial:
+            coded = coded + x[:, end:].mean(dim=1, keepdim=True)
+        ctx.save_for_backward(diff, g)
+        ctx.start, ctx.spatial, ctx.patches = start, spatial, x.shape[1] - end
+        return coded
+
+    @staticmethod
+    def backward(ctx, grad):
+        diff, g = ctx.saved_tensors
+        b, _, d = grad.shape
+        to_outputs = grad * g
+        grad_x = grad_g = None
+        if ctx.needs_input_grad[0]:
+            if ctx.spatial:  # every patch token has 1/N of the mean, which every prompt received
+                patches = (grad.sum(dim=1, keepdim=True) / ctx.patches).expand(b, ctx.patches, d)
+            else:
+                patches = grad.new_zeros(b, ctx.patches, d)
+            grad_x = torch.cat([grad.new_zeros(b, ctx.start, d), to_outputs, patches], dim=1)
+        if ctx.needs_input_grad[2]:
+            grad_g = (grad * diff).sum().reshape(g.shape)
+        return grad_x, grad - to_outputs, grad_g, None, None
+
+
+class _ReplacePrompts(torch.autograd.Function):
+    """x [B, T, D] with its prompt slots [start, start + P) replaced by prompts [B, P, D] (the values
+    of `PromptStrategy.replace_prompts`); the backward gives x's gradient in one cat."""
+
+    @staticmethod
+    def forward(ctx, x, prompts, start: int):
+        end = start + prompts.shape[1]
+        ctx.start, ctx.end = start, end
+        return torch.cat([x[:, :start], prompts, x[:, end:]], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        start, end = ctx.start, ctx.end
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            empty = grad.new_zeros(grad.shape[0], end - start, grad.shape[2])
+            grad_x = torch.cat([grad[:, :start], empty, grad[:, end:]], dim=1)
+        return grad_x, grad[:, start:end], None
 
 # What this file registers (see vpt.py and plugins/strategies/__init__.py): plain data, read
 # without importing this file.
@@ -163,7 +232,14 @@ class LSPT(PromptStrategy):
         return parts.attention_scales(self.tau)
 
     def start(self, x: torch.Tensor) -> dict[str, Any]:
-        return {"gates": torch.sigmoid(self.gate_logits).to(x.dtype)} if self.num_prompts else {}
+        if not self.num_prompts:
+            return {}
+        state = {"gates": torch.sigmoid(self.gate_logits).to(x.dtype)}
+        if self.memory == "lstm":  # the cell's weights in the dtype its input will have (bf16 under autocast)
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            cell = self.lstm
+            state["lstm_weights"] = [w.to(dtype) for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+        return state
 
     def before_block(self, index: int, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         if index == 0 and self.num_prompts:
@@ -176,13 +252,25 @@ class LSPT(PromptStrategy):
     def after_block(self, index: int, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         if not self.num_prompts or index >= self.dims.depth - 1:
             return x
-        coded = gate(state["prompts"], self.prompt_tokens(x), state["gates"][index])  # G^l (GaPT)
-        if self.spatial == "mean":  # GSPC: S^l = G^l + the mean patch output of this block, for every prompt
-            coded = coded + self.patch_tokens(x).mean(dim=1, keepdim=True)
-        if self.memory == "lstm":  # LPC: one LSTM step per block, all B * Np prompt tokens at once
-            b, p, d = coded.shape
-            h, c = self.lstm(self.memory_in(coded).reshape(b * p, self.lstm_dim), state.get("memory"))
-            state["memory"] = (h, c)
-            coded = coded + self.memory_out(h).reshape(b, p, d)  # S^l + W_out h^l
+        # G^l (GaPT's gate), + the mean patch output of this block for every prompt (GSPC): S^l
+        coded = _CodedPrompts.apply(x, state["prompts"], state["gates"][index], self.prefix, self.spatial == "mean")
+        if self.memory == "lstm":  # LPC: S^l + W_out h^l
+            coded = coded + self.memory_step(coded, state)
         state["prompts"] = coded  # block l+1's prompt inputs
-        return self.replace_prompts(x, coded)
+        return _ReplacePrompts.apply(x, coded, self.prefix)
+
+    def memory_step(self, coded: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        """W_out h^l, from one step of the shared LSTM cell on W_in S^l, all B * Np prompt tokens at
+        once (one time step of `torch.lstm`, the cell's equations and weights); (h, c) stay in `state`."""
+        b, p, d = coded.shape
+        x = self.memory_in(coded).reshape(1, b * p, self.lstm_dim)  # [time 1, B * Np, r]
+        hx = state.get("memory")
+        if hx is None:  # h^0 = c^0 = 0
+            zeros = x.new_zeros(1, b * p, self.lstm_dim)
+            hx = (zeros, zeros)
+        weights = state["lstm_weights"]
+        if weights[0].dtype != x.dtype:  # start() saw another dtype than the cell's input has
+            weights = [w.to(x.dtype) for w in weights]
+        _, h, c = torch.lstm(x, hx, weights, True, 1, 0.0, self.training, False, False)
+        state["memory"] = (h, c)
+        return self.memory_out(h).reshape(b, p, d)
