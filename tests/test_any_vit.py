@@ -303,3 +303,22 @@ def test_a_bundle_without_a_recorded_size_loads_at_the_backbones_own(tmp_path):
         task={"name": "t", "classes": ["a", "b", "c"], "benchmark": "custom"}, data_config=dict(backbone.data_config)))
     restored, _ = model_from_bundle(path)
     assert restored.backbone.img_size == (32, 32)
+
+
+def test_dinov2s_official_layout_loads_through_timm_names(fake_weights, tmp_path):
+    """The hub file (dinov2_vits14_reg4_pretrain.pth's layout): CLS's position inside pos_embed,
+    register_tokens, mask_token; converted to timm's keys, then resampled and loaded strictly."""
+    from safetensors.torch import load_file
+
+    timm_state = load_file(str(fake_weights))
+    cls_pos = torch.randn(1, 1, 64)
+    official = {k: v for k, v in timm_state.items() if k not in ("reg_token", "cls_token", "pos_embed")}
+    official.update(register_tokens=timm_state["reg_token"], cls_token=timm_state["cls_token"] - cls_pos[:, 0],
+                    pos_embed=torch.cat([cls_pos, timm_state["pos_embed"]], dim=1), mask_token=torch.zeros(1, 64))
+    path = tmp_path / "dinov2_official.pth"
+    torch.save(official, path)
+    backbone = load_backbone(NAME, path)
+    assert "DINOv2" in backbone.source and "mask_token" in backbone.source
+    for key, value in timm_state.items():
+        assert torch.allclose(backbone.model.state_dict()[key], value, atol=1e-6), key
+    assert load_backbone(NAME, path, img_size=28).img_size == (28, 28)
