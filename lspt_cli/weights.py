@@ -3,7 +3,10 @@
 - `read_checkpoint(path)`: a file -> its top-level object. safetensors through
   `safetensors.torch.load_file`; anything else (`.pth`, `.pth.tar`, `.tar`, `.pt`, `.bin`, ...)
   through `torch.load(map_location="cpu", weights_only=True)`. A pickle that needs more than
-  tensors and plain containers is refused (never unpickled) with a `WeightsError`.
+  tensors and plain containers is refused (never unpickled) with a `WeightsError`. One class is
+  allowed besides: `argparse.Namespace`, which the authors' training checkpoints (DINO, iBOT,
+  MAE `checkpoint*.pth`) pickle as their `args`; rebuilding it only sets attributes (no code runs),
+  and its attributes must themselves be plain values or the file is refused as before.
 - `read_state_dict(path)`: the same, unwrapped from a `{"state_dict": ...}` / `{"model": ...}`
   container, checked to hold only tensors.
 - `strict_load(model, state)`: compares names and shapes first and raises one `WeightsError`
@@ -14,6 +17,7 @@ torch is imported inside the functions, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -23,6 +27,7 @@ from .messages import shorten_list
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 CONTAINER_KEYS = ("state_dict", "model")
+PICKLED_ARGS = [argparse.Namespace]  # the training `args` of DINO/iBOT/MAE checkpoints (module docstring)
 _MAX_LISTED = 12
 
 
@@ -50,7 +55,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     import torch
 
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(PICKLED_ARGS):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         import re
 

@@ -246,8 +246,8 @@ def _mocov3(spec: str, variant: str, patch: int, gen: torch.Generator, d: Dims) 
 def _teacher_student(encoder: dict, gen: torch.Generator, loss_key: str, dim: int) -> tuple[dict, list[str]]:
     """A DINO/iBOT training checkpoint: teacher `backbone.`/`head.`, student under `module.` too.
 
-    The real file also pickles the training `args` (an argparse.Namespace); it is left out here
-    because lspt refuses any pickled object (tests/test_backbone_catalog.py checks that refusal)."""
+    The real file also pickles the training `args` (an argparse.Namespace); the tests that need it
+    add it (tests/test_backbone_catalog.py: lspt allows that one class)."""
     head = _mlp_head("head.", gen, dim)
     teacher = {**{f"backbone.{k}": v for k, v in encoder.items()}, **head}
     student = {f"module.{k}": v + 1 for k, v in teacher.items()}
