@@ -8,9 +8,13 @@ them runs the same step on the bare timm ViT over the same number of tokens (pre
 patches): timm's own forward path (`patch_embed`, `_pos_embed`, `norm_pre`, `blocks`, `norm`) with
 a trainable leaf of Np zero tokens inserted after CLS (so backward runs through every block, as
 for the prompt strategies) and a trainable head; for `linear` the bare step has no extra tokens.
-Every repeat runs all modes and the bare step of a strategy back to back (rotating the order), so
+When bf16 modes run, the bare step runs in bf16 autocast too ("bare bf16"), and a bf16 mode's
+`vs_bare` is against it: each precision against the backbone in the same precision.
+Every repeat runs all modes and the bare steps of a strategy back to back (rotating the order), so
 `vs_eager_fp32` and `vs_bare` are medians over repeats of per-repeat ratios: robust to load that
 changes between repeats. A ratio below 1 vs eager fp32 is a speed-up (speedup = 1 / ratio).
+Each step's process CPU time is recorded too (`cpu_s`, `vs_bare_cpu`): on a machine shared with
+other jobs the wall time of a step swings with their load, its CPU time much less.
 
 bf16 modes run only where the device multiplies bf16 natively (CPU: AVX512-BF16/AMX flags; CUDA:
 `is_bf16_supported`), unless `--bf16 on`: an emulating CPU is tens of times slower, measured here
@@ -25,11 +29,14 @@ The linear-probe part (`--probe-epochs`, 0 to skip) trains `lspt tune --backbone
 digits --strategy linear --no-augment` for that many epochs with and without the feature cache
 (two `lspt` processes, wall time each) and reports both test top-1 values.
 
-`--profile` adds the top operators (torch.profiler, self CPU/CUDA time) of one eager fp32 step of
-the first strategy: where the time goes when a mode does not pay off.
+`--profile` adds, for every strategy and for its bare step, the top operators (torch.profiler,
+self CPU/CUDA time) of one eager fp32 step and how many operators the step launches (`ops`: aten
+calls not made from inside another aten call): where the time goes when a mode does not pay off,
+and what a strategy adds to the backbone's step. On a small CPU shared with other jobs each operator
+pays the hand-over of its threads, so the operator count matters beside the FLOPs.
 
     python benchmarks/train_step.py [--device cpu|cuda] [--batch 8] [--repeats 3] [--warmup 1]
-        [--strategies vpt-deep,gapt,lspt] [--modes ...] [--bf16 auto|on|off] [--probe-epochs 20]
+        [--strategies vpt-deep,gapt,lspt,spt-shallow,spt-deep,vfpt] [--modes ...] [--bf16 auto|on|off] [--probe-epochs 20]
         [--profile] [--model vit_base_patch16_224|tiny]
 
 Prints one JSON document on stdout; progress goes to stderr.
@@ -52,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-STRATEGIES = ["linear", "vpt-shallow", "vpt-deep", "gapt", "lspt"]
+STRATEGIES = ["linear", "vpt-shallow", "vpt-deep", "gapt", "lspt", "spt-shallow", "spt-deep", "vfpt"]
 # mode -> (torch.compile, bf16 autocast, gradient checkpointing)
 MODES = {
     "eager fp32": (False, False, False),
@@ -180,11 +187,16 @@ def sync(device: torch.device) -> None:
 
 
 def timed(step, device: torch.device) -> float:
+    return timed_both(step, device)[0]
+
+
+def timed_both(step, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one step."""
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     step()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 # -- machine facts --------------------------------------------------------------------------------
@@ -221,8 +233,9 @@ def bf16_probe(device: torch.device, n: int = 3) -> dict:
     return out
 
 
-def profile_step(step, device: torch.device, rows: int = 12) -> list[dict]:
-    """The operators that take the time in one step (self time, descending)."""
+def profile_step(step, device: torch.device, rows: int = 12) -> dict:
+    """One step under torch.profiler: the operators that take the time (self time, descending) and
+    the operator count (aten calls not made from inside another aten call: what the step launches)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -232,8 +245,11 @@ def profile_step(step, device: torch.device, rows: int = 12) -> list[dict]:
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
     total = sum(getattr(e, key, 0) for e in events) or 1
-    return [{"op": e.key, "self_ms": round(getattr(e, key, 0) / 1000, 1), "share": round(getattr(e, key, 0) / total, 3),
-             "calls": e.count} for e in events[:rows]]
+    top = [{"op": e.key, "self_ms": round(getattr(e, key, 0) / 1000, 1), "share": round(getattr(e, key, 0) / total, 3),
+            "calls": e.count} for e in events[:rows]]
+    outer = [e for e in prof.events() if e.name.startswith("aten::")
+             and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]
+    return {"self_ms": round(total / 1000, 1), "ops": len(outer), "top_ops": top}
 
 
 # -- the linear probe's feature cache -------------------------------------------------------------
@@ -334,6 +350,9 @@ def main() -> None:
             forward = torch.compile(model, dynamic=False) if compiled else model
             steps[mode] = PromptedStep(model, forward, images, labels, autocast_for(device, use_bf16))
         steps["bare"] = BareStep(vit, strategy.num_prompts, args.num_classes, images, labels, autocast_for(device, False))
+        if any(MODES[m][1] for m in modes):
+            steps["bare bf16"] = BareStep(vit, strategy.num_prompts, args.num_classes, images, labels,
+                                          autocast_for(device, True))
         for mode, step in steps.items():
             first = timed(step, device)  # compiles the compiled modes
             if MODES.get(mode, (False,))[0]:
@@ -347,29 +366,39 @@ def main() -> None:
                     step()
             log(f"warm: {name} {mode} (first step {first:.2f}s)")
         runs[name] = {"steps": steps, "compile_s": compile_s, "memory": memory, "times": {m: [] for m in steps},
+                      "cpu": {m: [] for m in steps},
                       "tokens": dims.num_prefix_tokens + strategy.num_prompts + dims.num_patches}
 
-    order = list(modes) + ["bare"]
+    order = list(modes) + ["bare"] + (["bare bf16"] if any(MODES[m][1] for m in modes) else [])
     for r in range(args.repeats):
         for name, run in runs.items():
             shift = r % len(order)
             for mode in order[shift:] + order[:shift]:  # rotate: no mode always runs first
-                run["times"][mode].append(timed(run["steps"][mode], device))
+                wall, cpu = timed_both(run["steps"][mode], device)
+                run["times"][mode].append(wall)
+                run["cpu"][mode].append(cpu)
         log(f"repeat {r + 1}/{args.repeats}: " + "; ".join(
             f"{n} " + ", ".join(f"{m} {run['times'][m][-1]:.2f}s" for m in order) for n, run in runs.items()))
 
     results = []
     for name, run in runs.items():
-        times = run["times"]
+        times, cpus = run["times"], run["cpu"]
         eager = times["eager fp32"]
         row = {"strategy": name, "tokens": run["tokens"], "bare_step_s": round(statistics.median(times["bare"]), 4),
+               "bare_cpu_s": round(statistics.median(cpus["bare"]), 4),
                "bare_peak_mem_mb": run["memory"]["bare"].get("peak_mb"), "modes": {}}
+        if "bare bf16" in times:
+            row["bare_bf16_step_s"] = round(statistics.median(times["bare bf16"]), 4)
+            row["bare_bf16_cpu_s"] = round(statistics.median(cpus["bare bf16"]), 4)
         for mode in modes:
-            t = times[mode]
+            t, c = times[mode], cpus[mode]
+            bare = "bare bf16" if MODES[mode][1] else "bare"  # the backbone in the mode's precision
             row["modes"][mode] = {
                 "step_s": round(statistics.median(t), 4),
+                "cpu_s": round(statistics.median(c), 4),
                 "vs_eager_fp32": round(statistics.median(a / b for a, b in zip(t, eager)), 3),
-                "vs_bare": round(statistics.median(a / b for a, b in zip(t, times["bare"])), 3),
+                "vs_bare": round(statistics.median(a / b for a, b in zip(t, times[bare])), 3),
+                "vs_bare_cpu": round(statistics.median(a / b for a, b in zip(c, cpus[bare])), 3),
                 "peak_mem_mb": run["memory"][mode].get("peak_mb"),
                 **({"compile_s": run["compile_s"][mode]} if mode in run["compile_s"] else {}),
                 "step_s_all": [round(x, 4) for x in t],
@@ -392,9 +421,11 @@ def main() -> None:
 
     profile = None
     if args.profile and runs:
-        first = next(iter(runs))
-        log(f"profiling one eager fp32 step of {first}")
-        profile = {"strategy": first, "mode": "eager fp32", "top_ops": profile_step(runs[first]["steps"]["eager fp32"], device)}
+        profile = {"mode": "eager fp32", "strategies": {}}
+        for name, run in runs.items():
+            log(f"profiling one eager fp32 step of {name} and of its bare step")
+            profile["strategies"][name] = {"strategy": profile_step(run["steps"]["eager fp32"], device),
+                                           "bare": profile_step(run["steps"]["bare"], device)}
 
     probe_result = None
     if args.probe_epochs > 0:
