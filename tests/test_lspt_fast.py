@@ -159,3 +159,38 @@ def test_untrained_memory_adds_exactly_zero():
     spatial_only.head.load_state_dict(with_memory.head.state_dict())
     with torch.no_grad():
         assert torch.equal(with_memory.eval()(images), spatial_only.eval()(images))
+
+
+@pytest.mark.slow
+def test_fast_step_compiles():
+    """`--compile`: torch.compile'd logits and gradients of the fast step equal eager ones."""
+    try:
+        torch.compile(torch.nn.Linear(2, 2))(torch.zeros(1, 2))
+    except Exception:
+        pytest.skip("torch.compile does not work on this machine (tests/test_performance.py tests the fallback)")
+    model = tiny_model(torch.float32, num_prompts=4).eval()  # eval: no prompt dropout, the same tokens
+    images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 3, 4])
+    logits, grads = step(model, images, labels)
+    compiled = torch.compile(model, dynamic=False)
+    try:
+        model.zero_grad(set_to_none=True)
+        compiled_logits = compiled(images)
+        F.cross_entropy(compiled_logits, labels).backward()
+        torch.testing.assert_close(compiled_logits.detach(), logits, rtol=1e-4, atol=1e-4)
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                torch.testing.assert_close(p.grad, grads[name], rtol=1e-3, atol=1e-4, msg=lambda m: f"{name}: {m}")
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_fast_step_exports():
+    """`lspt export --format pt2`: the model with the fast step goes through torch.export (dynamic
+    batch) and the program gives the eager logits."""
+    model = tiny_model(torch.float32, num_prompts=4).eval()
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(model, (torch.zeros(2, 3, 32, 32),), dynamic_shapes={"images": {0: batch}})
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(images), model(images), rtol=1e-5, atol=1e-5)
