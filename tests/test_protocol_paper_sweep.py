@@ -63,8 +63,10 @@ def test_prompt_length_is_searched_only_when_asked(tmp_path):
 def test_no_paper_recipe_searches_prompt_length_by_default():
     from lspt_cli.recipes import load_recipe_file
 
+    from test_recipes import PAPER_BACKBONES, PAPER_BENCHMARKS, PAPER_RECIPE_STRATEGIES
+
     paper = [p for p in sorted(RECIPES.glob("*.toml")) if load_recipe_file(p)["train"].get("protocol") == "paper"]
-    assert len(paper) == 20
+    assert len(paper) == len(PAPER_RECIPE_STRATEGIES) * len(PAPER_BACKBONES) * len(PAPER_BENCHMARKS)  # 36
     for path in paper:
         grid = load_recipe_file(path)["grid"]
         assert "num_prompts" not in grid, path.name
