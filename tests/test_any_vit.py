@@ -322,3 +322,12 @@ def test_dinov2s_official_layout_loads_through_timm_names(fake_weights, tmp_path
     for key, value in timm_state.items():
         assert torch.allclose(backbone.model.state_dict()[key], value, atol=1e-6), key
     assert load_backbone(NAME, path, img_size=28).img_size == (28, 28)
+
+
+def test_plugins_check_runs_on_a_timm_member_and_refuses_the_family(fake_weights):
+    from lspt_cli.conformance import run_check
+
+    report = run_check(NAME, "backbone", weights=fake_weights).assert_ok()
+    assert "a member of family 'timm/*'" in report.result("dims").message
+    family = run_check("timm/*", "backbone")
+    assert family.failed == ["build"] and "is a family" in family.result("build").message
