@@ -437,7 +437,7 @@ def test_model_from_bundle_loads_the_recorded_weights_unless_told_otherwise(tmp_
     from lspt_cli.engine.restore import model_from_bundle
 
     loads = []
-    monkeypatch.setattr(prompted, "load_backbone", lambda name, weights, host=None: loads.append((name, weights)) or tiny_backbone)
+    monkeypatch.setattr(prompted, "load_backbone", lambda name, weights, host=None, **options: loads.append((name, weights)) or tiny_backbone)
     recorded = tmp_path / "w.safetensors"
     recorded.write_bytes(b"weights")
     path = _bundle(tmp_path, tiny_backbone, weights=str(recorded))[0]

@@ -241,7 +241,9 @@ def test_the_dead_tensor_check_judges_steps_that_moved_parameters(tmp_path):
     task = fake_task()
     result = run_cli("tune", "--task", task, "--strategy", "lspt", *common, "--out", str(tmp_path / "lspt"))
     assert result.exit_code == 0, result.stderr
-    assert "Warning" not in result.stderr and "dead_tensors" not in result.json, result.stderr
+    # no dead-tensor warning (paper's kaiming head on this untuned tiny ViT may well get the loss one)
+    assert not [l for l in result.stderr.splitlines() if l.startswith("Warning:") and "gradient" in l], result.stderr
+    assert "dead_tensors" not in result.json, result.stderr
     records = [json.loads(l) for l in (tmp_path / "lspt" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["lr"] == 0 and "dead_tensors" not in records[0] and records[1]["dead_tensors"] == []
     with register_plugin(_plugin("deadbias", "BiasNeverUsed")):
