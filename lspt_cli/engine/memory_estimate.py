@@ -28,9 +28,12 @@ forward holds what an evaluation forward holds. Evaluation (no grad, `eval_batch
 block's temporaries: at most (1 + 2r) x BTD (fc1's output and GELU's output side by side) or
 (7 x BTD + the scores on the math path).
 
-Checked against measured peaks (benchmarks/backbones.py, tests/test_memory_estimate.py): the
-estimate is within the tolerance stated there of the CPU's peak RSS during one training step.
-Torch is imported only to ask CUDA how much memory is free.
+A run's line assumes the fused kernel (timm calls F.scaled_dot_product_attention wherever torch
+has it). Checked against the live-tensor peak of one training step on the CPU (benchmarks/
+backbones.py for every named backbone, tests/test_memory_estimate.py; docs/performance.md has the
+figures): fp32 within 0.99-1.07x, bf16 0.92-1.25x. Torch is imported only to ask the device (CUDA's
+free memory, a CPU's native bf16 for `--amp auto`) and to read a `timm/<model>`'s shape on the
+meta device.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..validate import BYTES_PER_TRAINED_PARAM, human_bytes
+from ..validate import BYTES_PER_TRAINED_PARAM
 
 GIB = 2**30
 # Warn when the estimate passes this share of the memory that is free: the estimate leaves out the
