@@ -24,6 +24,7 @@ def train_bytes(shape, **kwargs):
     return me.estimate(shape, **kwargs).train_activation_bytes
 
 
+@pytest.mark.slow  # importing timm and building two models on the meta device: 5-13 s on the shared machine
 def test_backbone_params_match_timm():
     """The formula counts what timm builds (heads removed): ViT-B/16 85.8M, ViT-L/16 303.3M."""
     timm = pytest.importorskip("timm")
@@ -124,6 +125,22 @@ def test_tune_says_what_the_backbone_needs(cli, monkeypatch):
     assert "86M params (frozen)" in line and f"{est['tokens']} tokens/image" in line and "at batch 64 (fp32)" in line
     assert est["tokens"] == 1 + result.json["strategy_options"]["num_prompts"] + 196
     assert "of 64.0 GiB free (test)" in line and memory["warnings"] == [] and "Warning: the estimate" not in result.stderr
+
+
+def test_tune_sizes_img_size_and_timm_models(cli, monkeypatch):
+    """--img-size changes the tokens; a `timm/<model>` is sized from timm's model on the meta device."""
+    monkeypatch.setattr(me, "available_memory", lambda device: (64 * GIB, "free (test)"))
+    result = cli("tune", "--backbone", "mae-vitb", "--task", "digits", "--strategy", "vpt-deep", "--img-size", "448",
+                 "--amp", "off", "--device", "cpu", "--dry-run")
+    assert result.exit_code == 0, result.output
+    prompts = result.json["strategy_options"]["num_prompts"]
+    assert result.json["memory"]["estimate"]["tokens"] == 1 + prompts + 28 * 28
+    result = cli("tune", "--backbone", "timm/vit_large_patch16_224", "--task", "digits", "--strategy", "vpt-deep",
+                 "--amp", "off", "--device", "cpu", "--dry-run")
+    assert result.exit_code == 0, result.output
+    memory = result.json["memory"]
+    assert memory["estimate"]["backbone_params"] == VIT_L.backbone_params() and "303M params" in memory["line"]
+    assert memory["estimate"]["tokens"] == 1 + prompts + 196
 
 
 def test_tune_warns_when_it_will_not_fit(cli, monkeypatch):

@@ -406,6 +406,9 @@ def run_memory(config: Any, host: Any, available: tuple[int, str] | None | str =
     train = config.train
     image_size = getattr(train, "img_size", None) or None
     registered = getattr(host.backbones, "registered", None)
+    is_family = getattr(host.backbones, "is_family", None)
+    if is_family is not None and is_family(config.backbone):  # "timm/*" names no model: nothing to size
+        return None
     if registered is not None and not registered(config.backbone):
         # a member of a family (`timm/<model>`): the family's spec gives no size, timm's model does
         shape = shape_from_timm(config.backbone.partition("/")[2], image_size)
