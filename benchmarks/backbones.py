@@ -4,7 +4,7 @@ tokens per image, and one `vpt-deep` training step against the bare backbone's (
 For every registered backbone that tests/fake_checkpoints.py can fake (the authors' key names,
 nesting and shapes, random tensors), a fake official file is written at the backbone's real
 width, patch size and position grid and at a reduced depth (`--depth`, default 2 blocks: a
-ViT-g/14 of 40 blocks does not train on a 2-core CPU), then:
+ViT-g/14 of 40 blocks does not train on a 2-core CPU; `--depth 0` builds every block), then:
 
 - `build_s`: the backbone's own factory on that file, timed (read, convert, build the timm model,
   strict load, freeze; pos_embed resampled where lspt's input size differs from the file's);
@@ -24,7 +24,7 @@ ViT-g/14 of 40 blocks does not train on a 2-core CPU), then:
   child process with glibc's mmap threshold fixed at 64 KiB so that freed tensors leave the RSS at
   once: the measured peak is then the live tensors' peak, what the estimate counts.
 
-    python benchmarks/backbones.py [--depth 2] [--batch 4] [--repeats 3] [--backbones a,b,...]
+    python benchmarks/backbones.py [--depth 2|0] [--batch 4] [--repeats 3] [--backbones a,b,...]
         [--threads N] [--no-memory]
 
 Prints one JSON document on stdout (progress on stderr).
@@ -80,6 +80,7 @@ def build(name: str, spec, depth: int, directory: Path) -> dict:
 
     family, patch = SPECS[name]
     input_size = int(getattr(spec, "input_size", None) or 224)
+    depth = depth or int(spec.depth)  # 0: the spec's full depth
     fake = fake_checkpoint(name, embed_dim=int(spec.embed_dim), depth=depth,
                            grid=official_grid(name, family, patch, input_size), scale=0.02)
     file = fake.save(directory)
@@ -98,7 +99,8 @@ def build(name: str, spec, depth: int, directory: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=2, help="blocks built (the real width, patch and tokens)")
+    parser.add_argument("--depth", type=int, default=2,
+                        help="blocks built (the real width, patch and tokens); 0: each backbone's full depth")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps of each kind per backbone")
     parser.add_argument("--num-classes", type=int, default=100)
@@ -133,7 +135,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in wanted:
             spec = host.backbones.get(name)
-            log(f"{name}: building from a fake official checkpoint at depth {args.depth}")
+            log(f"{name}: building from a fake official checkpoint at depth {args.depth or spec.depth}")
             built = build(name, spec, args.depth, Path(tmp))
             backbone = built.pop("backbone")
             torch.manual_seed(0)
@@ -157,7 +159,7 @@ def main() -> None:
                     cpu[kind].append(time.process_time() - before)
             row = {"backbone": name, **built, "build_s": round(built["build_s"], 3),
                    "tokens_vpt_deep": built["tokens_per_image"] + strategy.num_prompts,
-                   "num_prompts": strategy.num_prompts, "depth_built": args.depth, "depth_full": int(spec.depth),
+                   "num_prompts": strategy.num_prompts, "depth_built": backbone.dims.depth, "depth_full": int(spec.depth),
                    "embed_dim": backbone.dims.embed_dim, "patch_size": backbone.dims.patch_size,
                    "bare_step_s": round(statistics.median(times["bare"]), 4),
                    "vpt_deep_step_s": round(statistics.median(times[STRATEGY]), 4),
@@ -180,9 +182,10 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "backbones",
         "what": (f"each named backbone built from a fake official checkpoint (real width, patch size and "
-                 f"tokens; {args.depth} of its blocks, random tensors), one eager fp32 {STRATEGY} step vs the "
+                 f"tokens; {f'{args.depth} of its blocks' if args.depth else 'every block'}, random tensors), one "
+                 f"eager fp32 {STRATEGY} step vs the "
                  "bare timm ViT over the same tokens, side by side"),
-        "depth_built": args.depth,
+        "depth_built": args.depth or "full",
         "device": "cpu",
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -256,9 +259,9 @@ def memory_check(rows: list[dict], depth: int, batch: int, threads: int) -> str:
     measured = json.loads(run.stdout)
     for row in rows:
         row.update(measured[row["backbone"]])
-    return (f"the vpt-deep step's peak RSS above the pre-step level, min of 2 steps, in a child process with "
-            f"MALLOC_MMAP_THRESHOLD_=65536, against lspt_cli/engine/memory_estimate.py's train_activation_bytes "
-            f"at the built depth")
+    return ("the vpt-deep step's peak RSS above the pre-step level, min of 2 steps, in a child process with "
+            "MALLOC_MMAP_THRESHOLD_=65536, against lspt_cli/engine/memory_estimate.py's train_activation_bytes "
+            "at the built depth")
 
 
 if __name__ == "__main__":
