@@ -162,8 +162,8 @@ def register(app: typer.Typer) -> None:
             if not quiet:
                 for note in config.notes:
                     warning_line(note)
-        memory = _say_memory(config, host, quiet)  # before training: what the backbone needs, and whether it fits
         if dry_run:
+            memory = _say_memory(config, host, quiet)  # what the backbone needs, and whether it fits
             options = host.strategies.get(config.strategy).options(config.strategy_config)
             sources = {**config.sources, **{f"strategy.{key}": f"strategy {config.strategy}'s default (docs/strategies.md)"
                                             for key in options if f"strategy.{key}" not in config.sources}}
@@ -175,6 +175,7 @@ def register(app: typer.Typer) -> None:
         check_loggers(config.train.loggers, host, config.train.log_options)  # an unknown logger or a missing extra: before any training
         if resume is None:
             _check_task_ready(config.task)  # before "Run directory:": a missing task leaves nothing behind
+        _say_memory(config, host, quiet)  # after the checks that refuse a run, before training
         summary = run_tune(config, run_dir, resume=resume is not None, json_=json_, quiet=quiet, host=host,
                            allow_existing=allow_existing)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
