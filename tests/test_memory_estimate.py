@@ -127,6 +127,24 @@ def test_tune_says_what_the_backbone_needs(cli, monkeypatch):
     assert "of 64.0 GiB free (test)" in line and memory["warnings"] == [] and "Warning: the estimate" not in result.stderr
 
 
+@pytest.mark.slow  # trains one epoch: about 6 s
+def test_a_real_run_says_it_before_training_and_still_trains(cli, monkeypatch, fake_task, tmp_path):
+    """The line comes before "Run directory:"; a warning does not stop the run; a refused run
+    (a task that is not prepared) shows its Error: alone."""
+    monkeypatch.setattr(me, "available_memory", lambda device: (1024, "free (test)"))
+    args = ("--backbone", "vit-tiny", "--strategy", "vpt-shallow", "--set", "num_prompts=2", "--epochs", "1",
+            "--warmup-epochs", "0", "--batch-size", "8", "--device", "cpu")
+    result = cli("tune", "--task", fake_task, *args, "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    line = next(i for i, x in enumerate(lines) if x.startswith("backbone vit-tiny: "))
+    assert lines[line + 1].startswith("Warning: the estimate") and "even batch 1 does not fit" in result.stderr
+    assert line < next(i for i, x in enumerate(lines) if x.startswith("Run directory:"))
+    assert (tmp_path / "run" / "bundle.safetensors").is_file()
+    missing = cli("tune", "--task", "cub", *args)
+    assert missing.exit_code == 1 and missing.stderr.startswith("Error: task 'cub' is not prepared")
+
+
 def test_tune_sizes_img_size_and_timm_models(cli, monkeypatch):
     """--img-size changes the tokens; a `timm/<model>` is sized from timm's model on the meta device."""
     monkeypatch.setattr(me, "available_memory", lambda device: (64 * GIB, "free (test)"))
