@@ -6,7 +6,7 @@ The reference below is lspt.py's `start`/`after_block` as they were before the f
 through autograd's own backward. Both run on the same strategy object (the same tensors), in fp64
 on a tiny ViT: logits and every trainable gradient agree to 1e-10. In fp32 (where `torch.lstm`
 runs oneDNN's kernel) they agree to float tolerance, and under bf16 autocast the step runs and
-trains the cell in its own dtype.
+runs the cell in fp32 (oneDNN's fused kernel).
 """
 
 from __future__ import annotations
@@ -134,13 +134,19 @@ def test_fast_step_launches_no_slice_or_cell_backward():
 
 
 def test_fast_step_under_bf16_autocast():
-    """bf16 autocast: the cell runs in bf16 (its weights cast once per forward), its gradients come
-    back in fp32 to the fp32 parameters, and the logits stay close to the plain formulation's."""
+    """bf16 autocast: the cell runs in fp32 on oneDNN's fused kernel (it has no bf16 training path:
+    torch would fall back to the decomposed cell), the gradients are fp32 and finite, and the logits
+    stay close to the plain formulation's."""
+    from torch.profiler import ProfilerActivity, profile
+
     g = torch.Generator().manual_seed(1)
     images, labels = torch.randn(3, 3, 32, 32, generator=g), torch.tensor([0, 3, 4])
     model = tiny_model(torch.float32, num_prompts=4)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), profile(activities=[ProfilerActivity.CPU]) as prof:
         logits, grads = step(model, images, labels)
+    names = {e.key for e in prof.key_averages()}
+    assert "aten::mkldnn_rnn_layer_backward" in names and "aten::lstm_cell" not in names, names
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         ref_logits, _ = step(as_reference(model), images, labels)
     assert logits.dtype == torch.bfloat16
     assert all(grad.dtype == torch.float32 and torch.isfinite(grad).all() for grad in grads.values())

@@ -44,9 +44,10 @@ for bit, checked against the plain formulation in tests/test_lspt_fast.py):
   backwards build x's gradient with one `cat` each, where autograd's own backward of the three
   slices and the mean filled and summed four zero tensors of x's size.
 - The LSTM step is `torch.lstm` over one time step with the cell's own weights: one fused kernel
-  forward and one backward (oneDNN's on CPU in fp32 and bf16) instead of `LSTMCell`'s two GEMMs
-  and eleven point-wise ops, each with its backward. Under bf16 autocast the weights are cast once
-  per forward (`start`), so the fused kernel runs in bf16 too.
+  forward and one backward (oneDNN's on CPU) instead of `LSTMCell`'s two GEMMs and eleven
+  point-wise ops, each with its backward. It runs in the cell's dtype (fp32) under bf16 autocast
+  too: oneDNN's cell has no bf16 training path in torch 2.14 (torch would fall back to the
+  decomposed cell), and its FLOPs are well under 1% of the step.
 Every launched operator counts on a small shared CPU: each one pays its threads' hand-over, and
 that, not the LSTM's < 1% of the FLOPs, is what made LSPT slower than GaPT (docs/performance.md).
 
@@ -232,14 +233,7 @@ class LSPT(PromptStrategy):
         return parts.attention_scales(self.tau)
 
     def start(self, x: torch.Tensor) -> dict[str, Any]:
-        if not self.num_prompts:
-            return {}
-        state = {"gates": torch.sigmoid(self.gate_logits).to(x.dtype)}
-        if self.memory == "lstm":  # the cell's weights in the dtype its input will have (bf16 under autocast)
-            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-            cell = self.lstm
-            state["lstm_weights"] = [w.to(dtype) for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
-        return state
+        return {"gates": torch.sigmoid(self.gate_logits).to(x.dtype)} if self.num_prompts else {}
 
     def before_block(self, index: int, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         if index == 0 and self.num_prompts:
@@ -261,16 +255,16 @@ class LSPT(PromptStrategy):
 
     def memory_step(self, coded: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         """W_out h^l, from one step of the shared LSTM cell on W_in S^l, all B * Np prompt tokens at
-        once (one time step of `torch.lstm`, the cell's equations and weights); (h, c) stay in `state`."""
+        once (one time step of `torch.lstm`, the cell's equations and weights, in the cell's dtype);
+        (h, c) stay in `state`."""
         b, p, d = coded.shape
-        x = self.memory_in(coded).reshape(1, b * p, self.lstm_dim)  # [time 1, B * Np, r]
+        cell = self.lstm
+        x = self.memory_in(coded).reshape(1, b * p, self.lstm_dim).to(cell.weight_ih.dtype)  # [time 1, B * Np, r]
         hx = state.get("memory")
         if hx is None:  # h^0 = c^0 = 0
             zeros = x.new_zeros(1, b * p, self.lstm_dim)
             hx = (zeros, zeros)
-        weights = state["lstm_weights"]
-        if weights[0].dtype != x.dtype:  # start() saw another dtype than the cell's input has
-            weights = [w.to(x.dtype) for w in weights]
+        weights = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
         _, h, c = torch.lstm(x, hx, weights, True, 1, 0.0, self.training, False, False)
         state["memory"] = (h, c)
         return self.memory_out(h).reshape(b, p, d)
