@@ -258,11 +258,12 @@ def test_paths_shows_where_weights_files_go(cli, isolated_lspt_home):
 
 # -- end to end ------------------------------------------------------------------------------------
 # The CLI builds each backbone's real architecture, so these fakes are full width and depth (small
-# random values); a small --img-size keeps them fast on a CPU. MAE ViT-L (304M parameters, a 1.2 GB
-# file) trains through the Python path below instead, at the tiny size.
-E2E = [("dinov2-vits14-reg", "", 384, fake_checkpoints.DINOV2_GRID, 28),  # registers, the hub's 37 x 37 grid
-       ("dino-vits16", "full", 384, 14, 32),  # the training checkpoint's teacher
-       ("mocov3-vits", "", 384, 14, 32)]  # 12 heads
+# random values); a small --img-size keeps them fast on a CPU. MAE ViT-H (632M parameters) and
+# DINOv2 ViT-g train through the Python path below instead, at the tiny size.
+E2E = [("dinov2-vits14-reg", "", 384, 12, fake_checkpoints.DINOV2_GRID, 28),  # registers, the hub's 37 x 37 grid
+       ("dino-vits16", "full", 384, 12, 14, 32),  # the training checkpoint's teacher
+       ("mocov3-vits", "", 384, 12, 14, 32),  # 12 heads
+       ("mae-vitl", "", 1024, 24, 14, 32)]  # 304M parameters: a 1.2 GB file, 24 blocks at 4 patches an image
 
 
 @pytest.fixture
@@ -285,9 +286,9 @@ def tiny_task(cli, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec_name,variant,dim,grid,img_size", E2E, ids=[f"{e[0]}-{e[1] or 'main'}" for e in E2E])
-def test_tune_on_an_official_file(spec_name, variant, dim, grid, img_size, cli, tmp_path, tiny_task):
-    fake = fake_checkpoint(spec_name, variant, embed_dim=dim, depth=12, grid=grid, scale=0.02)
+@pytest.mark.parametrize("spec_name,variant,dim,depth,grid,img_size", E2E, ids=[f"{e[0]}-{e[1] or 'main'}" for e in E2E])
+def test_tune_on_an_official_file(spec_name, variant, dim, depth, grid, img_size, cli, tmp_path, tiny_task):
+    fake = fake_checkpoint(spec_name, variant, embed_dim=dim, depth=depth, grid=grid, scale=0.02)
     weights = fake.save(tmp_path)
     result = cli("tune", "--backbone", spec_name, "--weights", str(weights), "--task", tiny_task,
                  "--strategy", "vpt-deep", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4",
