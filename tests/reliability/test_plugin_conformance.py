@@ -271,9 +271,9 @@ def _strategies():
                 return x
             if self.training and not self.initialised:
                 with torch.no_grad():
-                    self.shift.copy_(x[:, 1:].mean(dim=(0, 1)))
+                    self.shift.copy_(x[:, self.prefix:].mean(dim=(0, 1)))
                 self.initialised = True
-            return torch.cat([x[:, :1], x[:, 1:] + self.shift], dim=1)
+            return torch.cat([x[:, :self.prefix], x[:, self.prefix:] + self.shift], dim=1)
 
     class DataInitBuffer(DataInit):
         """The same, with the flag in a buffer: state_dict carries it, the resume is exact."""
@@ -288,9 +288,9 @@ def _strategies():
                 return x
             if self.training and not bool(self.done):
                 with torch.no_grad():
-                    self.shift.copy_(x[:, 1:].mean(dim=(0, 1)))
+                    self.shift.copy_(x[:, self.prefix:].mean(dim=(0, 1)))
                     self.done.fill_(True)
-            return torch.cat([x[:, :1], x[:, 1:] + self.shift], dim=1)
+            return torch.cat([x[:, :self.prefix], x[:, self.prefix:] + self.shift], dim=1)
 
     class StepCounter(PromptStrategy):
         """Scales its shift by a step count kept in a Python int."""
@@ -305,7 +305,7 @@ def _strategies():
                 return x
             if self.training:
                 self.steps += 1
-            return torch.cat([x[:, :1], x[:, 1:] + self.shift * (1 + self.steps)], dim=1)
+            return torch.cat([x[:, :self.prefix], x[:, self.prefix:] + self.shift * (1 + self.steps)], dim=1)
 
     class TwoUnchecked(PromptStrategy):
         """Takes two numeric options unchecked: both must be reported, not only the first."""
@@ -318,7 +318,7 @@ def _strategies():
         def before_block(self, index, x, state):
             if index != 0:
                 return x
-            return torch.cat([x[:, :1], x[:, 1:] + self.scale * self.shift * self.width], dim=1)
+            return torch.cat([x[:, :self.prefix], x[:, self.prefix:] + self.scale * self.shift * self.width], dim=1)
 
     class Unseeded(PromptStrategy):
         def __init__(self, dims, scale=1.0):
@@ -328,7 +328,7 @@ def _strategies():
             self.shift = nn.Parameter(torch.full((dims.embed_dim,), random.random()))
 
         def before_block(self, index, x, state):
-            return torch.cat([x[:, :1], x[:, 1:] + self.shift], dim=1) if index == 0 else x
+            return torch.cat([x[:, :self.prefix], x[:, self.prefix:] + self.shift], dim=1) if index == 0 else x
 
     class LosesWidth(PromptStrategy):
         """config() lacks `width`, which sizes its tensor: the bundle cannot be loaded back."""
@@ -350,7 +350,7 @@ def _strategies():
             self.shift = nn.Parameter(torch.zeros(dims.embed_dim))
 
         def before_block(self, index, x, state):
-            return torch.cat([x[:, :1], x[:, 1:] + self.shift], dim=1) if index == 0 else x
+            return torch.cat([x[:, :self.prefix], x[:, self.prefix:] + self.shift], dim=1) if index == 0 else x
 
     return dict(DataInit=DataInit, DataInitBuffer=DataInitBuffer, StepCounter=StepCounter, TwoUnchecked=TwoUnchecked,
                 Unseeded=Unseeded, LosesWidth=LosesWidth, Correct=Correct)
