@@ -23,15 +23,20 @@ def start_prepare(home: Path, *args: str, **env: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def hold_task_dir(home: Path, seconds: float) -> subprocess.Popen:
-    """Another process holding digits' task-dir lock (as a prepare-data in progress does) for `seconds`."""
+def hold_task_dir(home: Path, seconds: float, release: Path | None = None) -> subprocess.Popen:
+    """Another process holding digits' task-dir lock (as a prepare-data in progress does) for `seconds`,
+    or until the file `release` appears (a test that must see the other process wait, on a loaded machine)."""
     code = textwrap.dedent(f"""
         import time
+        from pathlib import Path
         from lspt_cli.data.manifest import task_dir
         from lspt_cli.locks import hold
+        release = {str(release) if release else ""!r}
         with hold(task_dir("digits"), "task data directory"):
             print("held", flush=True)
-            time.sleep({seconds})
+            end = time.monotonic() + {seconds}
+            while time.monotonic() < end and not (release and Path(release).exists()):
+                time.sleep(0.05)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], env=lspt_env(home), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
@@ -54,17 +59,34 @@ def test_three_prepare_data_started_together_on_a_fresh_home_all_succeed(tmp_pat
 
 
 def test_a_second_prepare_waits_naming_the_pid_then_reuses_the_work(tmp_path, tally):
-    home = tmp_path / "home"
+    """The holder keeps the lock until the second process has said it waits (however long that
+    process takes to start on a loaded machine), then lets go: the second one reuses the work."""
+    import threading
+
+    home, release = tmp_path / "home", tmp_path / "release"
     assert run_lspt(home, "prepare-data", "digits", "-q").returncode == 0
-    holder = hold_task_dir(home, 3)
-    start = time.monotonic()
-    result = run_lspt(home, "prepare-data", "digits", timeout=60)
-    waited = time.monotonic() - start
-    holder.wait(10)
-    assert result.returncode == 0, result.stderr
-    assert f"Waiting for pid {holder.pid}, which is preparing digits" in result.stderr
-    assert "unchanged" in result.stdout
-    assert waited > 2  # it waited for the holder (3 s) instead of failing at once
+    holder = hold_task_dir(home, 120, release)
+    watchdog = threading.Timer(90, release.touch)  # never a hang: the holder lets go after 90 s at most
+    watchdog.start()
+    try:
+        second = start_prepare(home)
+        said = ""
+        while "Waiting for pid" not in said:  # blocks until the second process says it waits (or exits)
+            line = second.stderr.readline()
+            if not line:
+                break
+            said += line
+        released_after_it_said = not release.exists()
+        release.touch()
+        out, err = second.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        release.touch()
+        holder.wait(10)
+    assert second.returncode == 0, said + err
+    assert f"Waiting for pid {holder.pid}, which is preparing digits" in said
+    assert released_after_it_said  # it waited for the holder instead of failing at once
+    assert "unchanged" in out
     tally.fault("prepare-data of a task another process prepares: waits (pid named), then succeeds")
 
 
