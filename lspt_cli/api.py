@@ -295,7 +295,7 @@ def wrap(timm_model: nn.Module, strategy: str = "vpt-deep", num_classes: int | N
     host = get_host()
     spec = None
     if backbone is not None:
-        spec = host.backbones.get(backbone)  # unknown name: a one-line error listing the known ones
+        spec = host.backbones.get_buildable(backbone)  # unknown name: a one-line error listing the known ones
         readout = readout or spec.readout
         name = backbone
     else:

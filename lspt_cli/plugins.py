@@ -160,6 +160,14 @@ class Registry(Generic[S]):
         """True for a family pattern itself ("timm/*"): it names no model to build."""
         return name.endswith("/*") and name in self._specs
 
+    def get_buildable(self, name: str) -> S:
+        """`get`, refusing a family pattern itself (`--backbone 'timm/*'`): a run needs one member."""
+        spec = self.get(name)
+        if self.is_family(name):
+            raise UsageError(f"{self.kind} '{name}' is a family, not one model: name a member, "
+                             f"{name[:-1]}<model>", hint="e.g. timm/vit_small_patch14_dinov2 (docs/backbones.md)")
+        return spec
+
     def names(self, pattern: str | None = None) -> list[str]:
         names = sorted(self._specs)
         if pattern:

@@ -331,3 +331,12 @@ def test_plugins_check_runs_on_a_timm_member_and_refuses_the_family(fake_weights
     assert "a member of family 'timm/*'" in report.result("dims").message
     family = run_check("timm/*", "backbone")
     assert family.failed == ["build"] and "is a family" in family.result("build").message
+
+
+@pytest.mark.parametrize("command", [("tune", "--dry-run"), ("sweep", "--plan")])
+def test_the_family_pattern_itself_is_refused_as_a_backbone_to_run(cli, command):
+    """`--backbone 'timm/*'` names no model: one usage error naming the member form, nothing planned."""
+    name, flag = command
+    result = cli(name, "--backbone", "timm/*", "--task", "digits", flag)
+    assert result.exit_code == 2, result.output
+    assert "is a family, not one model" in result.output and "timm/<model>" in result.output

@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         from .tune import parse_assignments
 
         host = get_host()
-        host.backbones.get(backbone)
+        host.backbones.get_buildable(backbone)
         spec_strategy = host.strategies.get(strategy)
         if weights is not None and not weights.is_file():
             raise UsageError(f"{weights}: no such weights file")

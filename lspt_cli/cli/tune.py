@@ -142,14 +142,14 @@ def register(app: typer.Typer) -> None:
             _refuse_given(ctx, CONFIG_OPTIONS, "--config runs the config in its file as it is", "given with it",
                           "change the file, or resolve a new config from options without --config")
             config = schema.run_config(config_file)
-            host.backbones.get(config.backbone)  # unknown names: before "Run directory:"
+            host.backbones.get_buildable(config.backbone)  # unknown names: before "Run directory:"
             host.strategies.get(config.strategy).options(config.strategy_config)
             run_dir = out_dir or default_run_dir(config.task, config.strategy, config.backbone)
         else:
             if not backbone or not task:
                 raise UsageError("tune needs --backbone and --task (or --resume RUN_DIR)",
                                  hint="e.g. lspt tune --backbone vit-tiny --task digits")
-            host.backbones.get(backbone)
+            host.backbones.get_buildable(backbone)
             host.strategies.get(strategy)
             overrides = given_values(train)
             config = resolve_config(
