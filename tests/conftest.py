@@ -111,6 +111,18 @@ def make_tiny_vit(seed: int = 0, **overrides):
 
 
 @pytest.fixture
+def offline_caches(tmp_path_factory, monkeypatch):
+    """Empty HF/torch caches and no downloads: no weights outside the test can leak into a backbone test."""
+    root = tmp_path_factory.mktemp("caches")
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf" / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LSPT_ALLOW_DOWNLOAD", raising=False)
+    return root
+
+
+@pytest.fixture
 def tiny_backbone():
     """A FrozenBackbone around a tiny ViT with CLS readout."""
     from lspt_cli.backbone import FrozenBackbone

@@ -47,13 +47,8 @@ NAME = f"timm/{TEST_MODEL}"
 
 
 @pytest.fixture(autouse=True)
-def no_external_weights(tmp_path_factory, monkeypatch):
-    root = tmp_path_factory.mktemp("caches")
-    monkeypatch.setenv("HF_HOME", str(root / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf" / "hub"))
-    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("LSPT_ALLOW_DOWNLOAD", raising=False)
+def no_external_weights(offline_caches):
+    return offline_caches
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,9 @@ NAMED = sorted(fake_checkpoints.SPECS)
 
 
 @pytest.fixture(autouse=True)
-def no_external_weights(tmp_path_factory, monkeypatch, isolated_lspt_home):
+def no_external_weights(offline_caches, monkeypatch, isolated_lspt_home):
     """Empty HF/torch/lspt caches, downloads off and made to fail loudly if anything tries one."""
-    root = tmp_path_factory.mktemp("caches")
-    monkeypatch.setenv("HF_HOME", str(root / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf" / "hub"))
-    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("LSPT_ALLOW_DOWNLOAD", raising=False)
+    root = offline_caches
 
     def no_download(spec):
         raise AssertionError(f"a download of {spec.name} was attempted")

@@ -23,15 +23,8 @@ TINY_B16 = dict(TINY)  # the ViT-B loaders, shrunk: same timm class and key layo
 
 
 @pytest.fixture(autouse=True)
-def no_external_weights(tmp_path_factory, monkeypatch):
-    """Empty HF/torch caches and no downloads: nothing outside the test can leak in."""
-    root = tmp_path_factory.mktemp("caches")
-    monkeypatch.setenv("HF_HOME", str(root / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf" / "hub"))
-    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("LSPT_ALLOW_DOWNLOAD", raising=False)
-    return root
+def no_external_weights(offline_caches):
+    return offline_caches
 
 
 def tiny_state(seed: int = 1) -> dict[str, torch.Tensor]:
