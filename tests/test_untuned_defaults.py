@@ -222,6 +222,12 @@ def test_growth_warning_names_the_epochs():
     assert "from 5.26 (epoch 1) to 15.3 (epoch 3)" in growth_warning([5.26, 8.23, 15.35], 10, "a")
 
 
+def test_a_one_class_task_gets_no_warning():
+    """log(1) = 0: there is no uniform loss to compare with (and no division by it)."""
+    assert start_warning(0.5, 10, 1, "a") is None
+    assert growth_warning([0.1, 0.5], 1, "a") is None
+
+
 def test_loss_watch_says_each_warning_once_and_a_resume_repeats_none():
     import torch
 

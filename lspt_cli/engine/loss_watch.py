@@ -35,7 +35,10 @@ def _advice(protocol: str, grad_clip: float) -> str:
 
 
 def start_warning(loss: float, steps: int, num_classes: int, advice: str) -> str | None:
-    """The first steps' mean loss far above log(classes), or None. NaN is Diverged's to report."""
+    """The first steps' mean loss far above log(classes), or None. NaN is Diverged's to report;
+    a one-class task (log 1 = 0: no uniform loss to compare with) gets none."""
+    if num_classes < 2:
+        return None
     uniform = math.log(num_classes)
     if not loss > START_FACTOR * uniform:
         return None
@@ -46,7 +49,9 @@ def start_warning(loss: float, steps: int, num_classes: int, advice: str) -> str
 
 def growth_warning(losses: list[float], num_classes: int, advice: str) -> str | None:
     """The first epoch whose training loss is GROWTH_FACTOR x the lowest before it (and above
-    log(classes)), or None."""
+    log(classes)), or None (a one-class task: none)."""
+    if num_classes < 2:
+        return None
     uniform = math.log(num_classes)
     for index in range(1, len(losses)):
         low = min(range(index), key=lambda i: losses[i])
