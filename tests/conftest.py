@@ -168,6 +168,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def colour_image_folder(root: Path, classes: tuple[str, ...], per_split: dict[str, int], size=(30, 30), seed: int = 0) -> Path:
+    """An image folder (`root/<split>/<class>/<i>.png`) whose class k is noise on a bright channel k:
+    learnable in a step or two, for tests that prepare a real `imagefolder` task."""
+    import torch
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for split, n in per_split.items():
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                base = torch.zeros(*size, 3)
+                base[..., c] = 150
+                pixels = (base + torch.rand(*size, 3, generator=g) * 105).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
 def mini_digits(name: str = "mini", n_train: int = 48, n_val: int = 24, n_test: int = 24):
     """A prepared task: the first images of digits' own splits (same array, fewer rows)."""
     from lspt_cli.data.manifest import save_manifest, task_dir

@@ -264,18 +264,9 @@ E2E = [("dinov2-vits14-reg", "", 384, 12, fake_checkpoints.DINOV2_GRID, 28),  # 
 @pytest.fixture
 def tiny_task(cli, tmp_path):
     """A two-class image folder (6 + 3 images per class), prepared as task 'rg'."""
-    from PIL import Image
+    from conftest import colour_image_folder
 
-    g = torch.Generator().manual_seed(0)
-    root = tmp_path / "photos"
-    for split, n in (("train", 6), ("test", 3)):
-        for c, name in enumerate(("red", "green")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                pixels = torch.zeros(30, 30, 3)
-                pixels[..., c] = 150
-                pixels = (pixels + torch.rand(30, 30, 3, generator=g) * 105).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    root = colour_image_folder(tmp_path / "photos", ("red", "green"), {"train": 6, "test": 3})
     assert cli("prepare-data", "imagefolder", "--root", str(root), "--name", "rg").exit_code == 0
     return "rg"
 

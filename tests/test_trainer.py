@@ -459,23 +459,15 @@ def test_two_ddp_ranks_see_disjoint_halves_and_end_equal(tmp_path):
 def test_predict_agrees_with_eval_image_by_image(cli, tmp_path):
     """Every test image: predict's top-1 label and probability equal the eval loader's softmax
     (eval transform: resize + centre crop + the backbone's normalisation), and accuracy matches."""
-    from PIL import Image
 
     from lspt_cli.cli.predict import predict_images
     from lspt_cli.data.loader import build_loader
     from lspt_cli.data.manifest import load_manifest
     from lspt_cli.engine.restore import model_from_bundle
 
-    g = torch.Generator().manual_seed(1)
-    root = tmp_path / "photos"
-    for split, n in (("train", 8), ("test", 4)):
-        for c, name in enumerate(("red", "green", "blue")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                base = torch.zeros(30, 44, 3)
-                base[..., c] = 150
-                pixels = (base + torch.rand(30, 44, 3, generator=g) * 105).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    from conftest import colour_image_folder
+
+    root = colour_image_folder(tmp_path / "photos", ("red", "green", "blue"), {"train": 8, "test": 4}, size=(30, 44), seed=1)
     assert cli("prepare-data", "imagefolder", "--root", str(root), "--name", "rgb").exit_code == 0
     result = cli("tune", "--backbone", "vit-tiny", "--task", "rgb", "--strategy", "vpt-deep", "--epochs", "2",
                  "--warmup-epochs", "0", "--batch-size", "8", "--set", "num_prompts=2", "--out", str(tmp_path / "run"), "--json")
