@@ -1,5 +1,5 @@
-"""LSPT's fast step (plugins/strategies/lspt.py: `_CodedPrompts`, `_ReplacePrompts`, `torch.lstm`)
-computes what the plain formulation computed, forward and gradients.
+"""LSPT's and GaPT's fast step (plugins/strategies/parts.py: `gated_prompts`, `write_prompts`;
+lspt.py: `torch.lstm`) computes what the plain formulation computed, forward and gradients.
 
 The reference below is lspt.py's `start`/`after_block` as they were before the fast step (commit
 4b13135): `parts.gate`, the mean of the patch slice, `nn.LSTMCell` and `replace_prompts`, all
@@ -43,28 +43,39 @@ def reference_after_block(self, index: int, x: torch.Tensor, state: dict[str, An
     return self.replace_prompts(x, coded)
 
 
+def reference_gapt_after_block(self, index: int, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+    """gapt.py's after_block before its fast step: the gate on the prompt slice, `replace_prompts`."""
+    if not self.num_prompts or index >= self.dims.depth - 1:
+        return x
+    prompts = gate(state["prompts"], self.prompt_tokens(x), state["gates"][index])  # Z_P^l
+    state["prompts"] = prompts
+    return self.replace_prompts(x, prompts)
+
+
 def as_reference(model: PromptedViT) -> PromptedViT:
     """The same model (same tensors) running the plain formulation."""
     strategy = model.strategy
     strategy.start = types.MethodType(reference_start, strategy)
-    strategy.after_block = types.MethodType(reference_after_block, strategy)
+    after_block = reference_gapt_after_block if strategy.strategy_name == "gapt" else reference_after_block
+    strategy.after_block = types.MethodType(after_block, strategy)
     return model
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def tiny_model(dtype: torch.dtype, readout: str = "cls", reg_tokens: int = 0, **config) -> PromptedViT:
+def tiny_model(dtype: torch.dtype, readout: str = "cls", reg_tokens: int = 0, strategy: str = "lspt",
+               **config) -> PromptedViT:
     from conftest import make_tiny_vit
 
     backbone = FrozenBackbone(make_tiny_vit(reg_tokens=reg_tokens), name="tiny-test", readout=readout)
     torch.manual_seed(123)
-    model = PromptedViT(backbone, build_strategy("lspt", backbone.dims, config), num_classes=5).to(dtype)
+    model = PromptedViT(backbone, build_strategy(strategy, backbone.dims, config), num_classes=5).to(dtype)
     strategy = model.strategy
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():  # move every tensor off its init: gates open, temperatures, a "trained" W_out
         strategy.gate_logits.copy_(torch.randn(strategy.gate_logits.shape, generator=g, dtype=dtype) * 2)
         if strategy.tau is not None:
             strategy.tau.copy_(0.6 + torch.rand(strategy.tau.shape, generator=g, dtype=dtype))
-        if strategy.memory == "lstm":
+        if getattr(strategy, "memory", None) == "lstm":
             strategy.memory_out.weight.copy_(torch.randn(strategy.memory_out.weight.shape, generator=g, dtype=dtype) * 0.5)
     return model.train()
 
@@ -108,6 +119,13 @@ def test_fast_step_equals_the_plain_formulation_fp64(config):
     compare({"num_prompts": 4, **config}, torch.float64, 1e-10)
 
 
+@pytest.mark.parametrize("config", [{}, {"temperature": False, "dropout": 0.2}], ids=["defaults", "no-temperature,dropout"])
+def test_gapt_fast_step_equals_the_plain_formulation_fp64(config):
+    """GaPT reads and writes its prompts through the same two functions (parts.py)."""
+    compare({"num_prompts": 4, **config}, torch.float64, 1e-10, strategy="gapt")
+    compare({"num_prompts": 3, **config}, torch.float64, 1e-10, strategy="gapt", readout="mean", reg_tokens=2)
+
+
 @pytest.mark.parametrize("readout", ["cls", "mean"])
 def test_fast_step_with_register_tokens_fp64(readout):
     """Prefix 3 (CLS + 2 registers): the prompt slots and the patch mean move with it."""
@@ -119,17 +137,18 @@ def test_fast_step_fp32_uses_the_fused_kernels():
     compare({"num_prompts": 4}, torch.float32, 2e-5)
 
 
-def test_fast_step_launches_no_slice_or_cell_backward():
+@pytest.mark.parametrize("strategy", ["lspt", "gapt"])
+def test_fast_step_launches_no_slice_or_cell_backward(strategy):
     """The point of the fast step: no x-sized zero-filled slice gradients, no decomposed cell."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = tiny_model(torch.float32, num_prompts=4)
+    model = tiny_model(torch.float32, strategy=strategy, num_prompts=4)
     images, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
     step(model, images, labels)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(model, images, labels)
     names = {e.key for e in prof.key_averages()}
-    assert "aten::lstm" in names
+    assert ("aten::lstm" in names) == (strategy == "lspt")
     assert not {"aten::lstm_cell", "aten::tanh_backward", "aten::slice_backward"} & names, names
 
 

@@ -25,7 +25,10 @@ dropout (0.0, prompt dropout at insertion, as VPT-shallow), init ("uniform"; or 
 prototypes: `--set init=kmeans`, see spt.py), init_images (1000, for SPT's init).
 
 Implementation: the gate is three element-wise ops on the [B, Np, D] prompts per block, the gates'
-sigmoid is computed once per forward, and no per-prompt loops run. The pieces shared with VPT and
+sigmoid is computed once per forward, and no per-prompt loops run. Reading the prompt outputs and
+writing the gated prompts back are `parts.gated_prompts` / `parts.write_prompts`: the plain ops'
+values, with x's gradient built in one `cat` each (autograd's own backward of the slices filled and
+summed three x-sized zero tensors per block; tests/test_strategies.py compares both in fp64). The pieces shared with VPT and
 LSPT (prompt init and dropout, the gate, the temperature) are in parts.py.
 """
 
@@ -46,12 +49,13 @@ from .parts import (
     check_int,
     check_number,
     drop_prompts,
-    gate,
     gate_logits,
+    gated_prompts,
     prompt_init,
     spt_prototypes,
     temperatures,
     vpt_prompts,
+    write_prompts,
 )
 
 __all__ = ["GaPT"]
@@ -137,6 +141,6 @@ class GaPT(PromptStrategy):
     def after_block(self, index: int, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         if not self.num_prompts or index >= self.dims.depth - 1:
             return x
-        prompts = gate(state["prompts"], self.prompt_tokens(x), state["gates"][index])  # Z_P^l
+        prompts = gated_prompts(x, state["prompts"], state["gates"][index], self.prefix)  # Z_P^l
         state["prompts"] = prompts
-        return self.replace_prompts(x, prompts)
+        return write_prompts(x, prompts, self.prefix)

@@ -39,10 +39,10 @@ Decisions lspt made where its formulation leaves room:
 How the step is computed (speed; the values are those of the equations above, the forward's bit
 for bit, checked against the plain formulation in tests/test_lspt_fast.py):
 - Reading G^l and the mean patch token from block l's output and writing S^l + W_out h^l back into
-  its prompt slots are two small autograd functions (`_CodedPrompts`, `_ReplacePrompts`). Their
-  forwards run the same ops as `parts.gate`, `patch_tokens(x).mean(1)` and `replace_prompts`; their
-  backwards build x's gradient with one `cat` each, where autograd's own backward of the three
-  slices and the mean filled and summed four zero tensors of x's size.
+  its prompt slots are two small autograd functions, shared with GaPT (`parts.gated_prompts`,
+  `parts.write_prompts`). Their forwards run the same ops as `parts.gate`, `patch_tokens(x).mean(1)`
+  and `replace_prompts`; their backwards build x's gradient with one `cat` each, where autograd's
+  own backward of the three slices and the mean filled and summed four zero tensors of x's size.
 - The LSTM step is `torch.lstm` over one time step with the cell's own weights: one fused kernel
   forward and one backward (oneDNN's on CPU) instead of `LSTMCell`'s two GEMMs and eleven
   point-wise ops, each with its backward. It runs in the cell's dtype (fp32) under bf16 autocast
@@ -76,69 +76,16 @@ from .parts import (
     check_number,
     drop_prompts,
     gate_logits,
+    gated_prompts,
     prompt_init,
     spt_prototypes,
     temperatures,
     vpt_prompts,
+    write_prompts,
 )
 
 __all__ = ["LSPT"]
 
-
-class _CodedPrompts(torch.autograd.Function):
-    """G^l = inputs + g * (prompt outputs - inputs) (`parts.gate`), plus the mean patch token of x
-    when `spatial` (GSPC), read from block l's output x [B, T, D] (prompt slots at [start, start + Np)).
-
-    The forward runs exactly the plain ops (the same values); the backward writes x's gradient
-    (g * grad in the prompt slots, the mean's share in the patch slots, zero in the prefix) with one
-    cat, instead of a zero-filled x-sized gradient per slice that autograd would then sum."""
-
-    @staticmethod
-    def forward(ctx, x, inputs, g, start: int, spatial: bool):
-        end = start + inputs.shape[1]
-        diff = x[:, start:end] - inputs
-        coded = inputs + g * diff
-        if spatial:
-            coded = coded + x[:, end:].mean(dim=1, keepdim=True)
-        ctx.save_for_backward(diff, g)
-        ctx.start, ctx.spatial, ctx.patches = start, spatial, x.shape[1] - end
-        return coded
-
-    @staticmethod
-    def backward(ctx, grad):
-        diff, g = ctx.saved_tensors
-        b, _, d = grad.shape
-        to_outputs = grad * g
-        grad_x = grad_g = None
-        if ctx.needs_input_grad[0]:
-            if ctx.spatial:  # every patch token has 1/N of the mean, which every prompt received
-                patches = (grad.sum(dim=1, keepdim=True) / ctx.patches).expand(b, ctx.patches, d)
-            else:
-                patches = grad.new_zeros(b, ctx.patches, d)
-            grad_x = torch.cat([grad.new_zeros(b, ctx.start, d), to_outputs, patches], dim=1)
-        if ctx.needs_input_grad[2]:
-            grad_g = (grad * diff).sum().reshape(g.shape)
-        return grad_x, grad - to_outputs, grad_g, None, None
-
-
-class _ReplacePrompts(torch.autograd.Function):
-    """x [B, T, D] with its prompt slots [start, start + P) replaced by prompts [B, P, D] (the values
-    of `PromptStrategy.replace_prompts`); the backward gives x's gradient in one cat."""
-
-    @staticmethod
-    def forward(ctx, x, prompts, start: int):
-        end = start + prompts.shape[1]
-        ctx.start, ctx.end = start, end
-        return torch.cat([x[:, :start], prompts, x[:, end:]], dim=1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        start, end = ctx.start, ctx.end
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            empty = grad.new_zeros(grad.shape[0], end - start, grad.shape[2])
-            grad_x = torch.cat([grad[:, :start], empty, grad[:, end:]], dim=1)
-        return grad_x, grad[:, start:end], None
 
 # What this file registers (see vpt.py and plugins/strategies/__init__.py): plain data, read
 # without importing this file.
@@ -247,11 +194,11 @@ class LSPT(PromptStrategy):
         if not self.num_prompts or index >= self.dims.depth - 1:
             return x
         # G^l (GaPT's gate), + the mean patch output of this block for every prompt (GSPC): S^l
-        coded = _CodedPrompts.apply(x, state["prompts"], state["gates"][index], self.prefix, self.spatial == "mean")
+        coded = gated_prompts(x, state["prompts"], state["gates"][index], self.prefix, spatial=self.spatial == "mean")
         if self.memory == "lstm":  # LPC: S^l + W_out h^l
             coded = coded + self.memory_step(coded, state)
         state["prompts"] = coded  # block l+1's prompt inputs
-        return _ReplacePrompts.apply(x, coded, self.prefix)
+        return write_prompts(x, coded, self.prefix)
 
     def memory_step(self, coded: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         """W_out h^l, from one step of the shared LSTM cell on W_in S^l, all B * Np prompt tokens at

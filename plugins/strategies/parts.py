@@ -10,6 +10,8 @@ its bundles.
   `--set` value is one `ConfigError` naming the strategy and the option);
 - VPT's prompt tokens: `vpt_prompts` (the U(-v, v) init), `drop_prompts` (prompt dropout);
 - GaPT's gate: `gate_logits` (gamma, init -gate_init) and `gate` (Z = g * out + (1 - g) * in);
+  `gated_prompts` and `write_prompts` read the gated prompts from a block's output and write the
+  next prompts back, with hand-written backwards (one cat each instead of x-sized slice gradients);
 - GaPT's attention temperature: `temperatures` (tau, init 1) and `attention_scales` (tau projected
   into [TAU_MIN, TAU_MAX] in place, then 1 / tau per block);
 - SPT's token prototypes: `spt_prototypes` (random, mean/max pooling, k-means of the task's own
@@ -44,12 +46,14 @@ __all__ = [
     "drop_prompts",
     "gate",
     "gate_logits",
+    "gated_prompts",
     "kmeans",
     "prompt_init",
     "project_tau",
     "spt_prototypes",
     "temperatures",
     "vpt_prompts",
+    "write_prompts",
 ]
 
 
@@ -118,6 +122,73 @@ def gate(inputs: torch.Tensor, outputs: torch.Tensor, g: torch.Tensor) -> torch.
     """Z = g * outputs + (1 - g) * inputs, written as inputs + g * (outputs - inputs): autograd then
     keeps only the small difference, not a view that would pin the whole [B, T, D] block output."""
     return inputs + g * (outputs - inputs)
+
+
+def gated_prompts(x: torch.Tensor, inputs: torch.Tensor, g: torch.Tensor, start: int,
+                  spatial: bool = False) -> torch.Tensor:
+    """GaPT's Z^l = `gate(inputs, prompt outputs of x, g)` read from block l's output x [B, T, D]
+    (prompt slots [start, start + Np)); with `spatial`, plus the mean patch token of x (LSPT's GSPC).
+    The same values as the plain ops; x's gradient is built in one `cat` (`_GatedPrompts`)."""
+    return _GatedPrompts.apply(x, inputs, g, start, spatial)
+
+
+def write_prompts(x: torch.Tensor, prompts: torch.Tensor, start: int) -> torch.Tensor:
+    """x with its prompt slots [start, start + P) replaced by prompts [B, P, D]: the values of
+    `PromptStrategy.replace_prompts`, x's gradient in one `cat` (`_WritePrompts`)."""
+    return _WritePrompts.apply(x, prompts, start)
+
+
+class _GatedPrompts(torch.autograd.Function):
+    """`gated_prompts`. The forward runs exactly the plain ops; the backward writes x's gradient
+    (g * grad in the prompt slots, the mean's share in the patch slots, zero in the prefix) with one
+    cat, where autograd's own backward of the slices and the mean filled an x-sized zero tensor per
+    slice and summed them (GaPT and LSPT read and write prompts after every block: 3 of them per block)."""
+
+    @staticmethod
+    def forward(ctx, x, inputs, g, start: int, spatial: bool):
+        end = start + inputs.shape[1]
+        diff = x[:, start:end] - inputs
+        coded = inputs + g * diff
+        if spatial:
+            coded = coded + x[:, end:].mean(dim=1, keepdim=True)
+        ctx.save_for_backward(diff, g)
+        ctx.start, ctx.spatial, ctx.patches = start, spatial, x.shape[1] - end
+        return coded
+
+    @staticmethod
+    def backward(ctx, grad):
+        diff, g = ctx.saved_tensors
+        b, _, d = grad.shape
+        to_outputs = grad * g
+        grad_x = grad_g = None
+        if ctx.needs_input_grad[0]:
+            if ctx.spatial:  # every patch token has 1/N of the mean, which every prompt received
+                patches = (grad.sum(dim=1, keepdim=True) / ctx.patches).expand(b, ctx.patches, d)
+            else:
+                patches = grad.new_zeros(b, ctx.patches, d)
+            grad_x = torch.cat([grad.new_zeros(b, ctx.start, d), to_outputs, patches], dim=1)
+        if ctx.needs_input_grad[2]:
+            grad_g = (grad * diff).sum().reshape(g.shape)
+        return grad_x, grad - to_outputs, grad_g, None, None
+
+
+class _WritePrompts(torch.autograd.Function):
+    """`write_prompts`: the forward is `replace_prompts`' cat; the backward gives x's gradient in one cat."""
+
+    @staticmethod
+    def forward(ctx, x, prompts, start: int):
+        end = start + prompts.shape[1]
+        ctx.start, ctx.end = start, end
+        return torch.cat([x[:, :start], prompts, x[:, end:]], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        start, end = ctx.start, ctx.end
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            empty = grad.new_zeros(grad.shape[0], end - start, grad.shape[2])
+            grad_x = torch.cat([grad[:, :start], empty, grad[:, end:]], dim=1)
+        return grad_x, grad[:, start:end], None
 
 
 # -- GaPT's attention temperature -------------------------------------------------------------------
