@@ -189,6 +189,9 @@ def test_tune_warns_when_it_will_not_fit(cli, monkeypatch):
 # RSS above the level before the step (sampled as benchmarks/train_step.py samples it), with glibc's
 # mmap threshold fixed at 64 KiB so that freed tensors leave the RSS at once: the peak is then the
 # peak of live tensors, which is what the estimate counts. Tolerance: 15% (measured: 0-7%).
+# One process measures every config in turn (importing torch and timm costs more than the steps);
+# each config's model and tensors are freed before the next, and each peak is taken above the RSS
+# just before its own step.
 MEASURE = textwrap.dedent("""
     import ctypes, json, os, sys, threading, time
     ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD: fixed, so free() unmaps
@@ -200,55 +203,68 @@ MEASURE = textwrap.dedent("""
     from lspt_cli.prompted import PromptedViT, build_strategy
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    dim, heads, batch, checkpointed = json.loads(sys.argv[1])
-    vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=dim, depth=4, num_heads=heads, num_classes=0)
-    backbone = FrozenBackbone(vit, "small")
-    model = PromptedViT(backbone, build_strategy("vpt-deep", backbone.dims, {"num_prompts": 10}), 10).train()
-    model.grad_checkpointing = checkpointed
-    images, labels = torch.randn(batch, 3, 224, 224), torch.randint(0, 10, (batch,))
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
-        opt.step()
 
     def rss():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    step(); step()
-    peaks = []
-    for _ in range(2):
-        base = rss()
-        peak, stop = [base], threading.Event()
+    def measure(dim, heads, batch, checkpointed):
+        torch.manual_seed(0)
+        vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=dim, depth=4, num_heads=heads, num_classes=0)
+        backbone = FrozenBackbone(vit, "small")
+        model = PromptedViT(backbone, build_strategy("vpt-deep", backbone.dims, {"num_prompts": 10}), 10).train()
+        model.grad_checkpointing = checkpointed
+        images, labels = torch.randn(batch, 3, 224, 224), torch.randint(0, 10, (batch,))
+        opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01)
 
-        def watch():
-            while not stop.is_set():
-                peak[0] = max(peak[0], rss())
-                time.sleep(0.0005)
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images), labels).backward()
+            opt.step()
 
-        thread = threading.Thread(target=watch)
-        thread.start()
-        step()
-        stop.set()
-        thread.join()
-        peaks.append(max(peak[0], rss()) - base)
-    strategy_params = sum(p.numel() for p in model.strategy.parameters())
-    est = me.estimate(me.shape_from_model(vit), batch=batch, num_prompts=10, grad_checkpointing=checkpointed,
-                      strategy_params=strategy_params)
-    print(json.dumps({"measured": min(peaks), "estimate": est.train_activation_bytes}))
+        step(); step()
+        peaks = []
+        for _ in range(2):
+            base = rss()
+            peak, stop = [base], threading.Event()
+
+            def watch():
+                while not stop.is_set():
+                    peak[0] = max(peak[0], rss())
+                    time.sleep(0.0005)
+
+            thread = threading.Thread(target=watch)
+            thread.start()
+            step()
+            stop.set()
+            thread.join()
+            peaks.append(max(peak[0], rss()) - base)
+        strategy_params = sum(p.numel() for p in model.strategy.parameters())
+        est = me.estimate(me.shape_from_model(vit), batch=batch, num_prompts=10, grad_checkpointing=checkpointed,
+                          strategy_params=strategy_params)
+        return {"measured": min(peaks), "estimate": est.train_activation_bytes}
+
+    print(json.dumps([measure(*config) for config in json.loads(sys.argv[1])]))
 """)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("config", [(192, 3, 16, False), (192, 3, 16, True), (384, 6, 8, False)])
-def test_estimate_against_measured_peak(config):
+CONFIGS = [(192, 3, 16, False), (192, 3, 16, True), (384, 6, 8, False)]  # dim, heads, batch, checkpointed
+
+
+@pytest.fixture(scope="module")
+def measured_peaks() -> dict:
+    """config -> {"measured", "estimate"}: every config measured by one MEASURE process."""
     if not sys.platform.startswith("linux"):
         pytest.skip("the peak is read from /proc/self/statm and glibc's mallopt")
-    run = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(config)], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(CONFIGS)], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
+    return dict(zip(CONFIGS, json.loads(run.stdout)))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("memory-peaks")  # `pytest -n`: one worker, so the module's one MEASURE process serves all
+@pytest.mark.parametrize("config", CONFIGS)
+def test_estimate_against_measured_peak(config, measured_peaks):
+    result = measured_peaks[config]
     assert result["estimate"] == pytest.approx(result["measured"], rel=0.15), result
