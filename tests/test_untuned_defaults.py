@@ -25,7 +25,7 @@ from lspt_cli.testing import register_plugin
 
 NAME = "dino-like"
 SCALE = 6.0  # x the final norm's weight: CLS features of norm ~50 (64 dims), DINOv2 ViT-S/14's at 84 px
-EPOCHS = "3"
+EPOCHS = "2"  # min test top-1 over seeds 42, 1, 7 and every strategy: 40.4 at 2 epochs (46.2 at 3); the bar is 30
 CHANCE = 10.0  # digits: 10 classes
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _PRETRAINED: dict = {}  # "file": where the session keeps the pre-trained state; "state": this process's copy
@@ -142,9 +142,10 @@ def test_every_strategy_learns_with_the_defaults(strategy, dino_like, cli, tmp_p
 @pytest.mark.slow
 def test_the_paper_protocol_blows_up_there_and_says_so(dino_like, cli, tmp_path):
     """What the default avoids: the kaiming fan_out head starts ~18x above log(10) (DINOv2: 35) and
-    the run ends far below the default's accuracy; the warning names the loss and what to try."""
-    default, _ = tune(cli, tmp_path, "vpt-deep")
-    paper, records = tune(cli, tmp_path, "vpt-deep", "--protocol", "paper")
+    the run ends far below the default's accuracy; the warning names the loss and what to try.
+    Both runs use 10 prompts, as the test above does (the head's start does not depend on them)."""
+    default, _ = tune(cli, tmp_path, "vpt-deep", "--set", "num_prompts=10")
+    paper, records = tune(cli, tmp_path, "vpt-deep", "--set", "num_prompts=10", "--protocol", "paper")
     assert paper.json["protocol"] == "paper"
     assert records[0]["first_steps_loss"] > 10 * math.log(10)
     assert paper.json["test_top1"] <= default.json["test_top1"] - 15, (paper.json["test_top1"], default.json["test_top1"])
