@@ -219,3 +219,39 @@ def test_fast_step_exports():
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(images), model(images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["lspt", "gapt"])
+@pytest.mark.parametrize("kind", ["block output", "leaf", "view"])
+def test_prompt_slots_on_every_kind_of_block_output(strategy, kind):
+    """`parts.PromptSlots` writes in place into a block's output and hands x's gradient from the
+    write to the read; for an x it cannot write in place (a leaf or a view that needs a gradient) it
+    runs the plain ops. Every way gives the plain formulation's outputs and gradients (fp64)."""
+    model = tiny_model(torch.float64, strategy=strategy, num_prompts=3)
+    s = model.strategy
+    g = torch.Generator().manual_seed(3)
+    dims = model.backbone.dims
+    base = torch.randn(2, s.prefix + 3 + dims.num_patches, dims.embed_dim, generator=g, dtype=torch.float64)
+    inputs = torch.randn(2, 3, dims.embed_dim, generator=g, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(base.shape, generator=g, dtype=torch.float64)
+
+    def run(after_block):
+        leaf = base.clone().requires_grad_()
+        x = {"block output": leaf * 1.0, "leaf": leaf, "view": (leaf * 1.0)[:, :]}[kind]
+        state = {"gates": torch.sigmoid(s.gate_logits), "prompts": inputs * 1.0}
+        out = after_block(s, 0, x, state)
+        written_in_place = out is x
+        loss = (out * weights).sum() + (state["prompts"] ** 2).sum()
+        grads = torch.autograd.grad(loss, [leaf, inputs, *s.parameters()], allow_unused=True)
+        return out.detach(), grads, written_in_place
+
+    fast_out, fast_grads, in_place = run(type(s).after_block)
+    reference = reference_gapt_after_block if strategy == "gapt" else reference_after_block
+    ref_out, ref_grads, _ = run(reference)
+    assert in_place == (kind == "block output")
+    torch.testing.assert_close(fast_out, ref_out, rtol=1e-12, atol=1e-12)
+    for got, want in zip(fast_grads, ref_grads):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

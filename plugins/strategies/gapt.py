@@ -26,9 +26,9 @@ prototypes: `--set init=kmeans`, see spt.py), init_images (1000, for SPT's init)
 
 Implementation: the gate is three element-wise ops on the [B, Np, D] prompts per block, the gates'
 sigmoid is computed once per forward, and no per-prompt loops run. Reading the prompt outputs and
-writing the gated prompts back are `parts.gated_prompts` / `parts.write_prompts`: the plain ops'
-values, with x's gradient built in one `cat` each (autograd's own backward of the slices filled and
-summed three x-sized zero tensors per block; tests/test_strategies.py compares both in fp64). The pieces shared with VPT and
+writing the gated prompts back is `parts.PromptSlots`: the plain ops' values, the write in place and
+x's gradient built once per block (autograd's own backward of the slices filled and summed three
+x-sized zero tensors per block; tests/test_lspt_fast.py compares both in fp64). The pieces shared with VPT and
 LSPT (prompt init and dropout, the gate, the temperature) are in parts.py.
 """
 
@@ -44,18 +44,17 @@ from lspt_cli.prompted import PromptStrategy
 
 from . import parts
 from .parts import (
+    PromptSlots,
     check_bool,
     check_float,
     check_int,
     check_number,
     drop_prompts,
     gate_logits,
-    gated_prompts,
     prompt_init,
     spt_prototypes,
     temperatures,
     vpt_prompts,
-    write_prompts,
 )
 
 __all__ = ["GaPT"]
@@ -141,6 +140,7 @@ class GaPT(PromptStrategy):
     def after_block(self, index: int, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         if not self.num_prompts or index >= self.dims.depth - 1:
             return x
-        prompts = gated_prompts(x, state["prompts"], state["gates"][index], self.prefix)  # Z_P^l
+        slots = PromptSlots(self.prefix)
+        prompts = slots.read(x, state["prompts"], state["gates"][index])  # Z_P^l
         state["prompts"] = prompts
-        return write_prompts(x, prompts, self.prefix)
+        return slots.write(x, prompts)

@@ -39,10 +39,10 @@ Decisions lspt made where its formulation leaves room:
 How the step is computed (speed; the values are those of the equations above, the forward's bit
 for bit, checked against the plain formulation in tests/test_lspt_fast.py):
 - Reading G^l and the mean patch token from block l's output and writing S^l + W_out h^l back into
-  its prompt slots are two small autograd functions, shared with GaPT (`parts.gated_prompts`,
-  `parts.write_prompts`). Their forwards run the same ops as `parts.gate`, `patch_tokens(x).mean(1)`
-  and `replace_prompts`; their backwards build x's gradient with one `cat` each, where autograd's
-  own backward of the three slices and the mean filled and summed four zero tensors of x's size.
+  its prompt slots is `parts.PromptSlots`, shared with GaPT: the same ops as `parts.gate`,
+  `patch_tokens(x).mean(1)` and `replace_prompts`, but the write goes into x in place and x's
+  gradient is assembled once per block, where autograd's own backward of the three slices, the
+  mean and the cat filled and summed four zero tensors of x's size.
 - The LSTM step is `torch.lstm` over one time step with the cell's own weights: one fused kernel
   forward and one backward (oneDNN's on CPU) instead of `LSTMCell`'s two GEMMs and eleven
   point-wise ops, each with its backward. It runs in the cell's dtype (fp32) under bf16 autocast
@@ -69,6 +69,7 @@ from lspt_cli.prompted import PromptStrategy
 
 from . import parts
 from .parts import (
+    PromptSlots,
     check_bool,
     check_choice,
     check_float,
@@ -76,12 +77,10 @@ from .parts import (
     check_number,
     drop_prompts,
     gate_logits,
-    gated_prompts,
     prompt_init,
     spt_prototypes,
     temperatures,
     vpt_prompts,
-    write_prompts,
 )
 
 __all__ = ["LSPT"]
@@ -194,11 +193,12 @@ class LSPT(PromptStrategy):
         if not self.num_prompts or index >= self.dims.depth - 1:
             return x
         # G^l (GaPT's gate), + the mean patch output of this block for every prompt (GSPC): S^l
-        coded = gated_prompts(x, state["prompts"], state["gates"][index], self.prefix, spatial=self.spatial == "mean")
+        slots = PromptSlots(self.prefix)
+        coded = slots.read(x, state["prompts"], state["gates"][index], spatial=self.spatial == "mean")
         if self.memory == "lstm":  # LPC: S^l + W_out h^l
             coded = coded + self.memory_step(coded, state)
         state["prompts"] = coded  # block l+1's prompt inputs
-        return write_prompts(x, coded, self.prefix)
+        return slots.write(x, coded)
 
     def memory_step(self, coded: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         """W_out h^l, from one step of the shared LSTM cell on W_in S^l, all B * Np prompt tokens at

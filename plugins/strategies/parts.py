@@ -10,8 +10,8 @@ its bundles.
   `--set` value is one `ConfigError` naming the strategy and the option);
 - VPT's prompt tokens: `vpt_prompts` (the U(-v, v) init), `drop_prompts` (prompt dropout);
 - GaPT's gate: `gate_logits` (gamma, init -gate_init) and `gate` (Z = g * out + (1 - g) * in);
-  `gated_prompts` and `write_prompts` read the gated prompts from a block's output and write the
-  next prompts back, with hand-written backwards (one cat each instead of x-sized slice gradients);
+  `PromptSlots` reads the gated prompts from a block's output and writes the next prompts back
+  (hand-written backwards: one x-sized gradient per block instead of three zero-filled ones);
 - GaPT's attention temperature: `temperatures` (tau, init 1) and `attention_scales` (tau projected
   into [TAU_MIN, TAU_MAX] in place, then 1 / tau per block);
 - SPT's token prototypes: `spt_prototypes` (random, mean/max pooling, k-means of the task's own
@@ -35,6 +35,7 @@ from lspt_cli.prompted import vpt_uniform_bound
 __all__ = [
     "INITS",
     "KMEANS_TOKENS",
+    "PromptSlots",
     "TAU_MAX",
     "TAU_MIN",
     "attention_scales",
@@ -46,14 +47,12 @@ __all__ = [
     "drop_prompts",
     "gate",
     "gate_logits",
-    "gated_prompts",
     "kmeans",
     "prompt_init",
     "project_tau",
     "spt_prototypes",
     "temperatures",
     "vpt_prompts",
-    "write_prompts",
 ]
 
 
@@ -124,71 +123,103 @@ def gate(inputs: torch.Tensor, outputs: torch.Tensor, g: torch.Tensor) -> torch.
     return inputs + g * (outputs - inputs)
 
 
-def gated_prompts(x: torch.Tensor, inputs: torch.Tensor, g: torch.Tensor, start: int,
-                  spatial: bool = False) -> torch.Tensor:
-    """GaPT's Z^l = `gate(inputs, prompt outputs of x, g)` read from block l's output x [B, T, D]
-    (prompt slots [start, start + Np)); with `spatial`, plus the mean patch token of x (LSPT's GSPC).
-    The same values as the plain ops; x's gradient is built in one `cat` (`_GatedPrompts`)."""
-    return _GatedPrompts.apply(x, inputs, g, start, spatial)
+# -- a block's prompt slots: read after block l, written back for block l+1 (GaPT, LSPT) ------------
+class PromptSlots:
+    """One block's read and write of its prompt slots [start, start + Np) in the block output x:
+    `read` gives GaPT's gated prompts Z^l (`gate`; with `spatial`, plus the mean patch token, LSPT's
+    GSPC), `write` puts the next prompts into x. Make one per block, read first, then write:
+
+        slots = PromptSlots(self.prefix)
+        coded = slots.read(x, state["prompts"], gates[index], spatial=...)
+        return slots.write(x, coded)
+
+    Why not plain slicing and `torch.cat` (the values are the same, bit for bit): x is the largest
+    tensor of the step ([B, T, D]) and autograd's own backward of the slices, the mean and the cat
+    builds three x-sized zero-filled gradients per block and sums them. Here the write goes into x
+    in place (x is a block's output, which nothing saved for backward), its backward hands x's
+    gradient to the read's backward through this object, and the read's backward assembles x's
+    whole gradient once: one x-sized tensor per block. Under torch.compile / torch.export the plain
+    ops run instead (the compiler fuses them itself; it cannot trace the hand-off), and for an x that
+    is a leaf or a view needing a gradient. tests/test_lspt_fast.py holds both to the plain ops."""
+
+    def __init__(self, start: int):
+        self.start = start
+        self.plain = True  # read() decides, write() follows
+        self.grad_after_write: torch.Tensor | None = None  # set by the write's backward
+
+    def read(self, x: torch.Tensor, inputs: torch.Tensor, g: torch.Tensor, spatial: bool = False) -> torch.Tensor:
+        # the plain ops where the hand-off cannot run: traced by a compiler, or x a leaf or a view
+        # that needs a gradient (neither can be written in place by a custom autograd function)
+        self.plain = torch.compiler.is_compiling() or (x.requires_grad and (x.is_leaf or x._is_view()))
+        if self.plain:
+            end = self.start + inputs.shape[1]
+            coded = gate(inputs, x[:, self.start : end], g)
+            return coded + x[:, end:].mean(dim=1, keepdim=True) if spatial else coded
+        return _ReadPrompts.apply(x, inputs, g, self, spatial)
+
+    def write(self, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        if self.plain:
+            return torch.cat([x[:, : self.start], prompts, x[:, self.start + prompts.shape[1] :]], dim=1)
+        return _WritePrompts.apply(x, prompts, self)
 
 
-def write_prompts(x: torch.Tensor, prompts: torch.Tensor, start: int) -> torch.Tensor:
-    """x with its prompt slots [start, start + P) replaced by prompts [B, P, D]: the values of
-    `PromptStrategy.replace_prompts`, x's gradient in one `cat` (`_WritePrompts`)."""
-    return _WritePrompts.apply(x, prompts, start)
-
-
-class _GatedPrompts(torch.autograd.Function):
-    """`gated_prompts`. The forward runs exactly the plain ops; the backward writes x's gradient
-    (g * grad in the prompt slots, the mean's share in the patch slots, zero in the prefix) with one
-    cat, where autograd's own backward of the slices and the mean filled an x-sized zero tensor per
-    slice and summed them (GaPT and LSPT read and write prompts after every block: 3 of them per block)."""
+class _ReadPrompts(torch.autograd.Function):
+    """PromptSlots.read. Its backward runs after the write's (the write consumes what it returns),
+    so x's gradient is complete here: the write's gradient outside the prompt slots, g * grad in
+    them, and with `spatial` 1/N of the summed prompt gradient on each of the N patch tokens."""
 
     @staticmethod
-    def forward(ctx, x, inputs, g, start: int, spatial: bool):
-        end = start + inputs.shape[1]
+    def forward(ctx, x, inputs, g, slots: PromptSlots, spatial: bool):
+        start, end = slots.start, slots.start + inputs.shape[1]
         diff = x[:, start:end] - inputs
         coded = inputs + g * diff
         if spatial:
             coded = coded + x[:, end:].mean(dim=1, keepdim=True)
         ctx.save_for_backward(diff, g)
-        ctx.start, ctx.spatial, ctx.patches = start, spatial, x.shape[1] - end
+        ctx.slots, ctx.spatial, ctx.end, ctx.x_shape = slots, spatial, end, x.shape
         return coded
 
     @staticmethod
     def backward(ctx, grad):
         diff, g = ctx.saved_tensors
-        b, _, d = grad.shape
+        start, end, slots = ctx.slots.start, ctx.end, ctx.slots
+        after, slots.grad_after_write = slots.grad_after_write, None  # None: x's write got no gradient
         to_outputs = grad * g
         grad_x = grad_g = None
         if ctx.needs_input_grad[0]:
-            if ctx.spatial:  # every patch token has 1/N of the mean, which every prompt received
-                patches = (grad.sum(dim=1, keepdim=True) / ctx.patches).expand(b, ctx.patches, d)
+            grad_x = grad.new_empty(ctx.x_shape)
+            if after is None:
+                grad_x[:, :start] = 0
             else:
-                patches = grad.new_zeros(b, ctx.patches, d)
-            grad_x = torch.cat([grad.new_zeros(b, ctx.start, d), to_outputs, patches], dim=1)
+                grad_x[:, :start] = after[:, :start]
+            grad_x[:, start:end] = to_outputs
+            share = grad.sum(dim=1, keepdim=True) / (ctx.x_shape[1] - end) if ctx.spatial else None
+            if after is None:
+                grad_x[:, end:] = 0 if share is None else share
+            elif share is None:
+                grad_x[:, end:] = after[:, end:]
+            else:
+                torch.add(after[:, end:], share, out=grad_x[:, end:])
         if ctx.needs_input_grad[2]:
             grad_g = (grad * diff).sum().reshape(g.shape)
         return grad_x, grad - to_outputs, grad_g, None, None
 
 
 class _WritePrompts(torch.autograd.Function):
-    """`write_prompts`: the forward is `replace_prompts`' cat; the backward gives x's gradient in one cat."""
+    """PromptSlots.write: the prompts go into x's slots in place. x's gradient is left to the read
+    (None here); the prompts' gradient is the slots' share of the incoming one."""
 
     @staticmethod
-    def forward(ctx, x, prompts, start: int):
-        end = start + prompts.shape[1]
-        ctx.start, ctx.end = start, end
-        return torch.cat([x[:, :start], prompts, x[:, end:]], dim=1)
+    def forward(ctx, x, prompts, slots: PromptSlots):
+        ctx.slots, ctx.end = slots, slots.start + prompts.shape[1]
+        x[:, slots.start : ctx.end] = prompts
+        ctx.mark_dirty(x)
+        return x
 
     @staticmethod
     def backward(ctx, grad):
-        start, end = ctx.start, ctx.end
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            empty = grad.new_zeros(grad.shape[0], end - start, grad.shape[2])
-            grad_x = torch.cat([grad[:, :start], empty, grad[:, end:]], dim=1)
-        return grad_x, grad[:, start:end], None
+        ctx.slots.grad_after_write = grad
+        return None, grad[:, ctx.slots.start : ctx.end], None
 
 
 # -- GaPT's attention temperature -------------------------------------------------------------------
