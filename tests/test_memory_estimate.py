@@ -251,20 +251,16 @@ MEASURE = textwrap.dedent("""
 CONFIGS = [(192, 3, 16, False), (192, 3, 16, True), (384, 6, 8, False)]  # dim, heads, batch, checkpointed
 
 
-@pytest.fixture(scope="module")
-def measured_peaks() -> dict:
-    """config -> {"measured", "estimate"}: every config measured by one MEASURE process."""
+@pytest.mark.slow
+def test_estimate_against_measured_peak():
+    """Each config, measured in turn by one MEASURE process (one test, so `pytest -n` never splits
+    the configs across workers nor makes one wait for the other's process)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("the peak is read from /proc/self/statm and glibc's mallopt")
     run = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(CONFIGS)], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
-    return dict(zip(CONFIGS, json.loads(run.stdout)))
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("memory-peaks")  # `pytest -n`: one worker, so the module's one MEASURE process serves all
-@pytest.mark.parametrize("config", CONFIGS)
-def test_estimate_against_measured_peak(config, measured_peaks):
-    result = measured_peaks[config]
-    assert result["estimate"] == pytest.approx(result["measured"], rel=0.15), result
+    results = json.loads(run.stdout)
+    assert len(results) == len(CONFIGS)
+    for config, result in zip(CONFIGS, results):
+        assert result["estimate"] == pytest.approx(result["measured"], rel=0.15), (config, result)
