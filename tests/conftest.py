@@ -51,12 +51,28 @@ def shared_tmp(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(items):
-    """`pytest -n`: slow tests are handed out first (xdist deals work in collection order, after the
-    xdist_group units), so that no long test starts last and runs alone at the end. Serial runs keep
-    the file order."""
+    """`pytest -n`, after every other plugin's hook (xdist's included):
+
+    - `xdist_group` made to work on pytest >= 9. `--dist loadgroup` sends a group to one worker by
+      the "@<group>" suffix pytest-xdist (3.8) appends to each item's node id; it sets the suffix on
+      `item._nodeid`, which pytest 9 no longer reads (the id lives in `item._id`). Without it the
+      groups were dealt out like any test: two processes pip-installing plugins at once, a server
+      or a trained run set up once per worker. The suffix is moved over here.
+    - slow tests are handed out first (xdist deals work in collection order, after the xdist_group
+      units), so that no long test starts last and runs alone at the end.
+    Serial runs keep the file order."""
+    result = yield
     if os.environ.get("PYTEST_XDIST_WORKER"):
+        for item in items:
+            suffixed = item.__dict__.get("_nodeid")
+            if suffixed and hasattr(item, "_id") and item.nodeid != suffixed:
+                from _pytest.nodeid import coerce_node_id
+
+                item._id = coerce_node_id(suffixed)
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    return result
 
 
 # -- the reliability tally (tests/reliability/conftest.py's `tally` fixture) --------------------------
