@@ -14,7 +14,9 @@ Every repeat runs all modes and the bare steps of a strategy back to back (rotat
 `vs_eager_fp32` and `vs_bare` are medians over repeats of per-repeat ratios: robust to load that
 changes between repeats. A ratio below 1 vs eager fp32 is a speed-up (speedup = 1 / ratio).
 Each step's process CPU time is recorded too (`cpu_s`, `vs_bare_cpu`): on a machine shared with
-other jobs the wall time of a step swings with their load, its CPU time much less.
+other jobs the wall time of a step swings with their load, its CPU time much less. `vs_bare_fastest`
+is the fastest step over the fastest bare step: each the least disturbed of its repeats, the
+estimate to trust when the machine's speed drifts during the run (another VM on the host).
 
 bf16 modes run only where the device multiplies bf16 natively (CPU: AVX512-BF16/AMX flags; CUDA:
 `is_bf16_supported`), unless `--bf16 on`: an emulating CPU is tens of times slower, measured here
@@ -399,6 +401,7 @@ def main() -> None:
                 "vs_eager_fp32": round(statistics.median(a / b for a, b in zip(t, eager)), 3),
                 "vs_bare": round(statistics.median(a / b for a, b in zip(t, times[bare])), 3),
                 "vs_bare_cpu": round(statistics.median(a / b for a, b in zip(c, cpus[bare])), 3),
+                "vs_bare_fastest": round(min(t) / min(times[bare]), 3),
                 "peak_mem_mb": run["memory"][mode].get("peak_mb"),
                 **({"compile_s": run["compile_s"][mode]} if mode in run["compile_s"] else {}),
                 "step_s_all": [round(x, 4) for x in t],
