@@ -16,17 +16,18 @@ pytestmark = pytest.mark.slow
 def test_torchrun_two_ranks(tmp_path):
     """One torchrun run, two CPU ranks (gloo): one summary, one metrics line per epoch, and rank 0
     alone logs (one TensorBoard event file, each epoch's scalars once: tests/test_loggers.py's
-    tracking contract under torchrun)."""
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tracking contract under torchrun; without the tensorboard extra only the sharding is checked)."""
+    import importlib.util
 
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
     env = dict(os.environ, LSPT_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", LSPT_LOAD_PLUGINS="")
     run = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "lspt_cli", "tune", "--backbone", "vit-tiny",
          "--task", "digits", "--strategy", "vpt-shallow", "--set", "num_prompts=2", "--epochs", "2", "--warmup-epochs", "1",
          "--batch-size", "64", "--seed", "3", "-q",
-         "--loggers", "tensorboard", "--out", str(run), "--json"],  # torchrun's parser takes --log as its --log-dir
+         *(["--loggers", "tensorboard"] if tensorboard else []),  # torchrun's parser takes --log as its --log-dir
+         "--out", str(run), "--json"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -36,6 +37,10 @@ def test_torchrun_two_ranks(tmp_path):
     assert len(records) == 2  # one line per epoch, not one per rank
     config = json.loads((run / "config.json").read_text())
     assert config["task"] == "digits"
+    if not tensorboard:
+        return
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
